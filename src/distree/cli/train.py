@@ -1,0 +1,133 @@
+"""``distree train``: joint training of a multi-exit network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import app
+from ._common import console, guarded, progress_bar
+
+
+@app.command()
+def train(
+    model: str = typer.Option("small-cnn", help="Registered model name (see `distree models`)."),
+    nodes: int = typer.Option(4, help="Number of nodes (segments + exits)."),
+    dataset: str = typer.Option("digits", help="cifar10 | mnist | fashion-mnist | imagefolder | digits | synthetic"),
+    data_dir: str | None = typer.Option(None, help="Dataset folder (not needed for digits / synthetic)."),
+    epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(0.1),
+    optimizer: str = typer.Option("sgd", help="sgd (Nesterov) | adamw"),
+    schedule: str = typer.Option("cosine", help="cosine | onecycle | constant"),
+    weight_decay: float = typer.Option(5e-4),
+    label_smoothing: float = typer.Option(0.0),
+    objective: str = typer.Option("distree", help="ce | ce+kd | distree"),
+    kd_weight: float | None = typer.Option(None, help="Override the preset's KD weight."),
+    kd_temperature: float = typer.Option(4.0),
+    ft_weight: float | None = typer.Option(None, help="Override the preset's feature-transfer weight."),
+    teacher: str | None = typer.Option(None, help="External teacher checkpoint for KD."),
+    head: str | None = typer.Option(
+        None, help='Exit-head spec as JSON, e.g. \'{"kind":"pool","pool":4,"hidden":128}\''
+    ),
+    val_fraction: float = typer.Option(0.1, help="Fraction of the training set held out for calibration."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+    amp: bool = typer.Option(False, help="bf16 autocast (CUDA only)."),
+    max_steps_per_epoch: int | None = typer.Option(None, hidden=True),
+    out: Path = typer.Option(Path("runs/train"), help="Output directory (checkpoint, history, config)."),
+    resume: bool = typer.Option(False, help="Resume from the state saved in --out."),
+) -> None:
+    """Train all segments and exits jointly (CE + KD from the deepest exit + feature transfer)."""
+    from ..data import DatasetError
+    from ..training import TrainConfig
+    from ..training import train as run_train
+
+    head_spec = guarded(lambda: json.loads(head), json.JSONDecodeError) if head else None
+    cfg = guarded(
+        lambda: TrainConfig(
+            model=model,
+            num_nodes=nodes,
+            dataset=dataset,
+            data_dir=data_dir,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            schedule=schedule,
+            weight_decay=weight_decay,
+            label_smoothing=label_smoothing,
+            objective=objective,
+            kd_weight=kd_weight,
+            kd_temperature=kd_temperature,
+            ft_weight=ft_weight,
+            teacher=teacher,
+            head=head_spec,
+            val_fraction=val_fraction,
+            seed=seed,
+            device=device,
+            amp=amp,
+            channels_last=device.startswith("cuda"),
+            max_steps_per_epoch=max_steps_per_epoch,
+        )
+    )
+    with progress_bar() as p:
+        task = p.add_task(f"epoch 1/{epochs}", total=None, info="")
+
+        def on_step(epoch: int, step: int, steps: int, losses: dict[str, float]) -> None:
+            per_exit = " ".join(f"{losses[k]:.2f}" for k in sorted(losses) if k.startswith("ce/"))
+            p.update(
+                task,
+                description=f"epoch {epoch + 1}/{epochs}",
+                total=steps,
+                completed=step,
+                info=f"loss {losses['loss']:.3f} | CE per exit {per_exit}",
+            )
+
+        def on_epoch(rec: dict) -> None:
+            acc = " ".join(f"{a * 100:.1f}" for a in rec["val_acc"])
+            p.console.print(f"epoch {rec['epoch']}: loss {rec['train']['loss']:.3f}  val acc % per exit: {acc}")
+
+        result = guarded(lambda: run_train(cfg, out, resume=resume, on_step=on_step, on_epoch=on_epoch), DatasetError)
+    _print_exit_table(result.model, result.history[-1]["val_acc"] if result.history else None)
+    console.print(f"checkpoint: {out}")
+
+
+def _print_exit_table(model, accs: list[float] | None, title: str = "per-exit validation accuracy and cost") -> None:
+    cp = model.cost_profile()
+    base = cp.last_exit_cost()
+    cum = cp.exit_cost()
+    t = Table(title=title)
+    for c in (
+        "exit",
+        "accuracy %",
+        "segment MFLOPs",
+        "head MFLOPs",
+        "head / segment %",
+        "FLOPs to exit / last-exit %",
+        "bytes to next",
+    ):
+        t.add_column(c, justify="right")
+    for i in range(cp.num_nodes):
+        t.add_row(
+            str(i + 1),
+            f"{accs[i] * 100:.2f}" if accs else "-",
+            f"{cp.segment_flops[i] / 1e6:.3f}",
+            f"{cp.exit_flops[i] / 1e6:.4f}",
+            f"{100 * cp.exit_flops[i] / max(cp.segment_flops[i], 1):.2f}",
+            f"{100 * cum[i] / base:.1f}",
+            str(cp.hop_bytes[i]) if i < len(cp.hop_bytes) else "-",
+        )
+    console.print(t)
+
+
+@app.command()
+def models(pattern: str = typer.Argument("*", help="Glob pattern.")) -> None:
+    """List registered models."""
+    from ..models import list_models
+
+    for name in list_models(pattern):
+        console.print(name)

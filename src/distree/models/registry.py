@@ -1,0 +1,44 @@
+"""Model registry: ``@register_model`` builders, ``create_model(name, ...)``, ``list_models()``.
+
+A builder takes ``num_nodes`` plus keyword arguments and returns a :class:`MultiExitNetwork`.
+``create_model`` records the name and arguments on the network so a checkpoint can rebuild it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+from .multi_exit import MultiExitNetwork
+
+Builder = Callable[..., MultiExitNetwork]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_model(name: str | None = None) -> Callable[[Builder], Builder]:
+    """Register a builder under ``name`` (default: the function name with '_' → '-')."""
+
+    def deco(fn: Builder) -> Builder:
+        key = name or fn.__name__.replace("_", "-")
+        if key in _REGISTRY and _REGISTRY[key] is not fn:
+            raise ValueError(f"model {key!r} is already registered")
+        _REGISTRY[key] = fn
+        return fn
+
+    return deco
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a glob pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, num_nodes: int = 4, **kwargs: Any) -> MultiExitNetwork:
+    """Build a registered model split over ``num_nodes`` nodes."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    net = _REGISTRY[name](num_nodes=num_nodes, **kwargs)
+    net.model_name = name
+    net.model_args = {"num_nodes": num_nodes, **kwargs}
+    return net
