@@ -1,0 +1,44 @@
+# distree: `make demo` (set up + run the main job) and `make test` (set up + whole test suite).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned: a CPU build of 2.13.0 is what pip finds first here; a loose range pulls a CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: venv install dev demo test lint format bench clean protos
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q $(TORCH) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+demo: install
+	$(BIN)/distree demo
+
+test: dev
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+lint: dev
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
+
+format: dev
+	$(BIN)/ruff format src tests benchmarks experiments
+	$(BIN)/ruff check --fix src tests benchmarks experiments
+
+bench: dev
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,150 @@
+"""Exit traces: every exit's outputs for every sample of a split, plus the cost profile.
+
+A trace is what offline evaluation, calibration and the simulator consume. File format: one
+safetensors file (``*.trace.safetensors`` by convention) holding
+
+- ``logits``: float32 (n, N, K) — exit i's logits for sample j at ``[j, i]``;
+- ``features.<i>``: float32 (n, F_i) — exit i's feature vector (the input of its last linear layer);
+- ``labels``: int64 (n,);
+- ``sample_index``: int64 (n,) — position of each sample in its split;
+
+and, in the safetensors header metadata under key ``distree``, a JSON document with
+``format`` (``distree-trace/1``), ``cost_profile``, ``classes``, ``split``, ``dataset``, ``checkpoint``,
+``model`` and ``num_nodes``. :func:`load_trace` validates shapes and returns a :class:`Trace`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..models.cost import CostProfile
+
+FORMAT = "distree-trace/1"
+
+
+class TraceError(RuntimeError):
+    """A trace file is missing, corrupt or inconsistent."""
+
+
+@dataclass
+class Trace:
+    logits: np.ndarray  # (n, N, K) float32
+    features: list[np.ndarray]  # N arrays, (n, F_i) float32
+    labels: np.ndarray  # (n,) int64
+    cost: CostProfile
+    meta: dict[str, Any] = field(default_factory=dict)
+    sample_index: np.ndarray | None = None  # (n,) int64
+
+    def __post_init__(self) -> None:
+        if self.logits.ndim != 3:
+            raise TraceError(f"trace logits must be (n, N, K), got shape {self.logits.shape}")
+        n, nn_, _ = self.logits.shape
+        if len(self.features) != nn_:
+            raise TraceError(f"trace has {nn_} exits of logits but {len(self.features)} feature arrays")
+        for i, f in enumerate(self.features):
+            if f.ndim != 2 or f.shape[0] != n:
+                raise TraceError(f"features of exit {i} must be ({n}, F), got {f.shape}")
+        if self.labels.shape != (n,):
+            raise TraceError(f"labels must be ({n},), got {self.labels.shape}")
+        if self.cost.num_nodes != nn_:
+            raise TraceError(f"cost profile has {self.cost.num_nodes} nodes but the trace has {nn_} exits")
+        if self.sample_index is None:
+            self.sample_index = np.arange(n, dtype=np.int64)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.logits.shape[0])
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.logits.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.logits.shape[2])
+
+    @cached_property
+    def probs(self) -> np.ndarray:
+        """Softmax of the logits, (n, N, K) float32."""
+        z = self.logits - self.logits.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+    @cached_property
+    def predictions(self) -> np.ndarray:
+        """(n, N) int64 argmax per exit."""
+        return self.logits.argmax(axis=-1)
+
+    @cached_property
+    def correct(self) -> np.ndarray:
+        """(n, N) bool: exit i right on sample j."""
+        return self.predictions == self.labels[:, None]
+
+    def exit_accuracy(self) -> np.ndarray:
+        return self.correct.mean(axis=0)
+
+    def subset(self, idx: np.ndarray) -> Trace:
+        idx = np.asarray(idx)
+        return Trace(
+            logits=self.logits[idx],
+            features=[f[idx] for f in self.features],
+            labels=self.labels[idx],
+            cost=self.cost,
+            meta=dict(self.meta),
+            sample_index=self.sample_index[idx] if self.sample_index is not None else None,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "logits": np.ascontiguousarray(self.logits, dtype=np.float32),
+            "labels": np.ascontiguousarray(self.labels, dtype=np.int64),
+            "sample_index": np.ascontiguousarray(self.sample_index, dtype=np.int64),
+        }
+        for i, f in enumerate(self.features):
+            tensors[f"features.{i}"] = np.ascontiguousarray(f, dtype=np.float32)
+        header = {**self.meta, "format": FORMAT, "cost_profile": self.cost.to_dict(), "num_nodes": self.num_nodes}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"distree": json.dumps(header)})
+        tmp.replace(path)
+        return path
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read and validate a trace file written by :meth:`Trace.save`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"no trace file at {path}; create one with `distree trace --checkpoint C --split val --out T`")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = json.loads((f.metadata() or {}).get("distree", "{}"))
+            keys = set(f.keys())
+            arrays = {k: f.get_tensor(k) for k in keys}
+    except Exception as e:  # noqa: BLE001
+        raise TraceError(f"trace file {path} is corrupt or not a safetensors file: {e}") from e
+    if header.get("format") != FORMAT:
+        raise TraceError(f"{path} is not a distree trace (format {header.get('format')!r}, want {FORMAT!r})")
+    n_nodes = int(header["num_nodes"])
+    try:
+        features = [arrays[f"features.{i}"] for i in range(n_nodes)]
+        return Trace(
+            logits=arrays["logits"],
+            features=features,
+            labels=arrays["labels"],
+            cost=CostProfile.from_dict(header.pop("cost_profile")),
+            meta=header,
+            sample_index=arrays.get("sample_index"),
+        )
+    except KeyError as e:
+        raise TraceError(f"trace file {path} lacks tensor {e}") from e
