@@ -106,6 +106,11 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _shapes_match(model: MultiExitNetwork, state: dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return all(state[k].shape == v.shape for k, v in own.items() if k in state)
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiExitNetwork, dict[str, Any]]:
     """Rebuild the model from the sidecar and load its weights. Returns ``(model in eval mode, sidecar)``."""
     from safetensors import SafetensorError
@@ -123,16 +128,17 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiE
         state = load_file(str(wpath), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint weights {wpath} are corrupt or truncated: {e}") from e
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False) if _shapes_match(model, state) else ([], [])
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {wpath} does not match model {meta['model']} {meta['model_args']}: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {wpath} has tensors of the wrong shape for {meta['model']}: {e}") from e
+    if not _shapes_match(model, state):
+        bad = [k for k, v in model.state_dict().items() if k in state and state[k].shape != v.shape]
+        raise CheckpointError(
+            f"checkpoint {wpath} has tensors of the wrong shape for {meta['model']} {meta['model_args']}: {bad[:5]}"
+        )
     if "cost_profile" in meta:
         model._cost = CostProfile.from_dict(meta["cost_profile"])
     return model.eval(), meta

@@ -157,7 +157,7 @@ def _read_idx(path: Path) -> np.ndarray:
             raise ValueError(f"unexpected magic number {magic:#x} (want unsigned-byte idx)")
         dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-        return arr.reshape(dims)
+        return arr.reshape(dims).copy()
     except Exception as e:  # noqa: BLE001
         raise DatasetError(f"idx file {path} is corrupt or truncated: {e}") from e
 
