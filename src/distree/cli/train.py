@@ -101,15 +101,7 @@ def _print_exit_table(model, accs: list[float] | None, title: str = "per-exit va
     base = cp.last_exit_cost()
     cum = cp.exit_cost()
     t = Table(title=title)
-    for c in (
-        "exit",
-        "accuracy %",
-        "segment MFLOPs",
-        "head MFLOPs",
-        "head / segment %",
-        "FLOPs to exit / last-exit %",
-        "bytes to next",
-    ):
+    for c in ("exit", "acc %", "segment MFLOPs", "head MFLOPs", "head/seg %", "FLOPs to exit %", "bytes to next"):
         t.add_column(c, justify="right")
     for i in range(cp.num_nodes):
         t.add_row(

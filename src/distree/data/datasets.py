@@ -174,7 +174,8 @@ def _mnist(data_dir: Path, name: str):
                 return cand
         raise DatasetError(
             f"{name}: expected idx file {stem}[.gz] in {data_dir} (the four files train-images-idx3-ubyte, "
-            "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte). Pass --data-dir pointing at them."
+            "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte). "
+            "Pass --data-dir pointing at them."
         )
 
     def pair(prefix: str) -> tuple[np.ndarray, np.ndarray]:
