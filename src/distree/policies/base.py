@@ -114,8 +114,9 @@ class ExitPolicy:
             exit_ = exit_ | qos
         return Decision(exit=exit_, scores=scores, state=new_state, qos=qos)
 
-    def score_matrix(self, logits: np.ndarray, features: list[np.ndarray] | None = None,
-                     labels: np.ndarray | None = None) -> np.ndarray:
+    def score_matrix(
+        self, logits: np.ndarray, features: list[np.ndarray] | None = None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
         """Scores of every sample at every node, (n, N), for offline evaluation and calibration."""
         n, nn_, _ = logits.shape
         if nn_ != self.num_nodes:

@@ -10,6 +10,11 @@ from .base import POLICY_FORMAT, ExitPolicy, thresholds_from_json
 
 _POLICIES: dict[str, type[ExitPolicy]] = {}
 
+#: The default exit policy and its parameters: the one that measured best on validation traces
+#: (see docs/policies.md for the measurement).
+DEFAULT_POLICY: str = "distree"
+DEFAULT_PARAMS: dict[str, Any] = {}
+
 
 def register_policy(cls: type[ExitPolicy]) -> type[ExitPolicy]:
     if cls.name in _POLICIES and _POLICIES[cls.name] is not cls:
@@ -26,6 +31,11 @@ def create_policy(name: str, num_nodes: int, thresholds: Any = None, **params: A
     if name not in _POLICIES:
         raise ValueError(f"unknown policy {name!r}; available: {', '.join(list_policies())}")
     return _POLICIES[name](num_nodes, thresholds, **params)
+
+
+def create_default_policy(num_nodes: int, thresholds: Any = None, **params: Any) -> ExitPolicy:
+    """The default policy (:data:`DEFAULT_POLICY` with :data:`DEFAULT_PARAMS`, overridable)."""
+    return create_policy(DEFAULT_POLICY, num_nodes, thresholds, **{**DEFAULT_PARAMS, **params})
 
 
 def policy_from_dict(d: dict[str, Any]) -> ExitPolicy:

@@ -1,0 +1,107 @@
+"""``calibrate``: per-node thresholds for a policy, on a validation trace only."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..evaluation.metrics import exit_nodes
+from ..evaluation.scoring import evaluate_policy, relative_costs, score_trace
+from ..policies.base import ExitPolicy
+from ..trace.format import Trace
+from .risk import learn_then_test
+from .search import Problem, max_accuracy, min_cost
+
+log = logging.getLogger(__name__)
+
+
+def problem_for(policy: ExitPolicy, trace: Trace) -> Problem:
+    return Problem(score_trace(policy, trace), trace.correct, relative_costs(policy, trace))
+
+
+def calibrate(
+    policy: ExitPolicy,
+    trace: Trace,
+    *,
+    max_drop_pp: float | None = None,
+    flops_budget: float | None = None,
+    confidence: float | None = None,
+    path_fraction: float = 0.3,
+    seed: int = 0,
+    max_candidates: int | None = 256,
+) -> ExitPolicy:
+    """Return a copy of ``policy`` with calibrated thresholds and a ``calibration`` record.
+
+    Exactly one target: ``max_drop_pp`` (accuracy drop vs last exit, percentage points; minimise
+    FLOPs), optionally with ``confidence`` = 1 - DELTA for risk control (Learn-then-Test), or
+    ``flops_budget`` (mean FLOPs relative to last exit, e.g. 0.6; maximise accuracy).
+    """
+    if (max_drop_pp is None) == (flops_budget is None):
+        raise ValueError("give exactly one target: --max-accuracy-drop EPS or --flops-budget B")
+    if confidence is not None and max_drop_pp is None:
+        raise ValueError("--confidence (risk control) goes with --max-accuracy-drop, not with --flops-budget")
+    if max_drop_pp is not None and max_drop_pp < 0:
+        raise ValueError(f"--max-accuracy-drop must be >= 0 percentage points, got {max_drop_pp}")
+    if flops_budget is not None and flops_budget <= 0:
+        raise ValueError(f"--flops-budget is relative to last-exit FLOPs and must be > 0, got {flops_budget}")
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise ValueError(f"--confidence is 1 - DELTA and must be in (0, 1), got {confidence}")
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {
+        "trace": {k: trace.meta.get(k) for k in ("checkpoint", "model", "dataset", "split") if k in trace.meta},
+        "num_samples": trace.num_samples,
+    }
+    if not policy.tunable:
+        out = policy.with_thresholds(policy.thresholds)
+        record["method"] = "fixed (policy has no tunable thresholds)"
+    else:
+        prob = problem_for(policy, trace)
+        kw: dict[str, Any] = {"max_candidates": max_candidates}
+        if flops_budget is not None:
+            sol = max_accuracy(prob, flops_budget, **kw)
+            th = sol.thresholds
+            record.update(method="lagrangian", target={"flops_budget": flops_budget})
+        elif confidence is None:
+            assert max_drop_pp is not None
+            sol = min_cost(prob, max_drop_pp / 100.0, **kw)
+            th = sol.thresholds
+            record.update(method="lagrangian", target={"max_accuracy_drop_pp": max_drop_pp})
+        else:
+            assert max_drop_pp is not None
+            delta = 1.0 - confidence
+            res = learn_then_test(prob, max_drop_pp / 100.0, delta, path_fraction=path_fraction, seed=seed, **kw)
+            th = res.thresholds
+            record.update(
+                method="learn-then-test",
+                target={"max_accuracy_drop_pp": max_drop_pp, "confidence": confidence},
+                risk={
+                    "delta": delta,
+                    "drop_upper_bound_pp": res.bound * 100.0,
+                    "certified": res.certified,
+                    "tested": res.tested,
+                    "n_path": res.n_path,
+                    "n_test": res.n_test,
+                    "path_fraction": path_fraction,
+                    "seed": seed,
+                    "bound": "Clopper-Pearson on P(wrong, last right) and P(right, last wrong), DELTA/2 each",
+                },
+            )
+        out = policy.with_thresholds(th)
+        ex = exit_nodes(prob.scores, th)
+        record["achieved_exit_hist"] = [float((ex == i).mean()) for i in range(trace.num_nodes)]
+    m = evaluate_policy(out, trace)
+    record["validation"] = {
+        "accuracy": m.accuracy,
+        "last_exit_accuracy": m.last_exit_accuracy,
+        "drop_pp": m.drop_pp,
+        "rel_flops": m.rel_flops,
+        "saving": m.saving,
+        "mean_bytes": m.mean_bytes,
+    }
+    record["seconds"] = time.perf_counter() - t0
+    out.calibration = record
+    log.info(
+        "calibrated %s in %.2fs: drop %.3f pp, saving %.1f%%", policy.name, record["seconds"], m.drop_pp, 100 * m.saving
+    )
+    return out

@@ -1,0 +1,287 @@
+"""Fast per-node threshold search on a score matrix.
+
+Given the (n, N) scores of a policy on a calibration trace, which samples each exit gets right,
+and the relative FLOPs of exiting at each node, find per-node thresholds that minimise the
+Lagrangian ``mean relative FLOPs + lam * error rate`` by coordinate descent: with the other
+thresholds fixed, the best threshold of node i is found exactly over every distinct score (or
+at most ``max_candidates`` score quantiles) with one sort and one cumulative sum, because a
+sample that reaches node i either exits there or follows the fixed downstream thresholds.
+One coordinate step costs O(n log n); a full solve for 8 nodes and 10,000 samples takes
+milliseconds, so constraints are met by bisection on the multiplier ``lam``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..evaluation.metrics import exit_nodes
+
+
+@dataclass
+class Problem:
+    """A calibration problem: scores (n, N), correctness (n, N), relative exit costs (N,)."""
+
+    scores: np.ndarray
+    correct: np.ndarray
+    cost: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        self.correct = np.asarray(self.correct, dtype=bool)
+        self.cost = np.asarray(self.cost, dtype=np.float64)
+        n, nn_ = self.scores.shape
+        if self.correct.shape != (n, nn_) or self.cost.shape != (nn_,):
+            raise ValueError(
+                f"calibration problem shapes disagree: scores {self.scores.shape}, correct {self.correct.shape}, "
+                f"cost {self.cost.shape}"
+            )
+        if n == 0:
+            raise ValueError("calibration needs at least one sample")
+        if np.isnan(self.scores).any():
+            raise ValueError("policy scores contain NaN; check the trace for non-finite logits")
+        self.base_err = 1.0 - float(self.correct[:, -1].mean())
+
+    @property
+    def n(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.scores.shape[1])
+
+    def subset(self, idx: np.ndarray) -> Problem:
+        return Problem(self.scores[idx], self.correct[idx], self.cost)
+
+    def evaluate(self, thresholds: np.ndarray) -> tuple[float, float]:
+        """(mean relative cost, accuracy drop as a fraction) of a threshold vector."""
+        ex = exit_nodes(self.scores, thresholds)
+        err = 1.0 - float(self.correct[np.arange(self.n), ex].mean())
+        return float(self.cost[ex].mean()), err - self.base_err
+
+
+def never_exit(num_nodes: int) -> np.ndarray:
+    return np.full(num_nodes, np.inf)
+
+
+def _cuts(s: np.ndarray, max_candidates: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate cuts of the scores ``s`` of the samples that reach a node.
+
+    Returns ``order`` (samples by descending score), ``pos`` (cut after ``order[:pos+1]``: those
+    exit) and the threshold realising each cut (midpoint between the cut's score and the next).
+    """
+    order = np.argsort(-s, kind="stable")
+    ss = s[order]
+    m = ss.shape[0]
+    valid = np.ones(m, dtype=bool)
+    valid[:-1] = ss[:-1] > ss[1:]
+    valid &= ss > -np.inf  # -inf scores never exit
+    pos = np.flatnonzero(valid)
+    if max_candidates is not None and pos.size > max_candidates:
+        pos = pos[np.unique(np.linspace(0, pos.size - 1, max_candidates).round().astype(np.int64))]
+    hi = ss[pos]
+    lo = np.where(pos + 1 < m, ss[np.minimum(pos + 1, m - 1)], -np.inf)
+    both = np.isfinite(hi) & np.isfinite(lo)
+    th = np.where(both, 0.5 * (hi + np.where(both, lo, 0.0)), hi)
+    return order, pos, th
+
+
+def _best_threshold(s: np.ndarray, v_exit: np.ndarray, v_cont: np.ndarray, max_candidates: int | None) -> float:
+    """Threshold t minimising sum(where(s >= t, v_exit, v_cont)) over the samples that reach the node."""
+    order, pos, th = _cuts(s, max_candidates)
+    if pos.size == 0:
+        return np.inf
+    gain = np.cumsum(v_exit[order] - v_cont[order])[pos]  # objective change when the top samples exit
+    k = int(np.argmin(gain))
+    return np.inf if gain[k] >= 0.0 else float(th[k])
+
+
+def coordinate_descent(
+    prob: Problem,
+    lam: float,
+    init: np.ndarray | None = None,
+    *,
+    max_sweeps: int = 8,
+    max_candidates: int | None = 256,
+    frozen: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-node thresholds minimising ``mean cost + lam * error`` (local optimum, from ``init``)."""
+    nn_ = prob.num_nodes
+    th = never_exit(nn_) if init is None else np.array(init, dtype=np.float64)
+    th[-1] = -np.inf  # the last node always answers
+    if nn_ == 1:
+        return th
+    n = prob.n
+    rows = np.arange(n)
+    loss = prob.cost[None, :] + lam * (~prob.correct)  # (n, N) per-sample objective of exiting at i
+    for _ in range(max_sweeps):
+        changed = False
+        for i in range(nn_ - 1):
+            if frozen is not None and frozen[i]:
+                continue
+            hit = prob.scores >= th[None, :]
+            hit[:, -1] = True
+            before = hit[:, :i].any(axis=1) if i > 0 else np.zeros(n, dtype=bool)
+            after = hit[:, i + 1 :].argmax(axis=1) + i + 1
+            reach = ~before
+            v_exit = loss[reach, i]
+            v_cont = loss[rows[reach], after[reach]]
+            t = _best_threshold(prob.scores[reach, i], v_exit, v_cont, max_candidates)
+            if t != th[i]:
+                old = prob.evaluate(th)
+                new_th = th.copy()
+                new_th[i] = t
+                new = prob.evaluate(new_th)
+                if new[0] + lam * new[1] < old[0] + lam * old[1] - 1e-12:
+                    th = new_th
+                    changed = True
+        if not changed:
+            break
+    return th
+
+
+def polish(
+    prob: Problem,
+    thresholds: np.ndarray,
+    max_drop: float,
+    *,
+    max_sweeps: int = 8,
+    max_candidates: int | None = 256,
+) -> np.ndarray:
+    """Spend the slack left under ``max_drop``: per node, the cheapest threshold keeping the drop feasible.
+
+    Lagrangian solutions lie on the convex hull of the cost/accuracy trade-off; this exact
+    constrained coordinate step reaches points between them.
+    """
+    th = np.array(thresholds, dtype=np.float64)
+    nn_ = prob.num_nodes
+    n = prob.n
+    rows = np.arange(n)
+    err = (~prob.correct).astype(np.float64)
+    budget = (max_drop + prob.base_err) * n + 1e-9  # allowed number of errors
+    for _ in range(max_sweeps):
+        changed = False
+        for i in range(nn_ - 1):
+            hit = prob.scores >= th[None, :]
+            hit[:, -1] = True
+            ex = hit.argmax(axis=1)
+            cur_cost = prob.cost[ex].sum()
+            cur_err = err[rows, ex].sum()
+            reach = ~(hit[:, :i].any(axis=1)) if i > 0 else np.ones(n, dtype=bool)
+            after = hit[:, i + 1 :].argmax(axis=1) + i + 1
+            r = np.flatnonzero(reach)
+            # baseline for reached samples: all continue (threshold +inf at node i)
+            c_cont, e_cont = prob.cost[after[r]], err[r, after[r]]
+            c_exit, e_exit = prob.cost[i], err[r, i]
+            base_cost = cur_cost - prob.cost[ex[r]].sum() + c_cont.sum()
+            base_err = cur_err - err[r, ex[r]].sum() + e_cont.sum()
+            order, pos, cand = _cuts(prob.scores[r, i], max_candidates)
+            if pos.size == 0:
+                continue
+            cost_k = base_cost + np.cumsum(c_exit - c_cont[order])[pos]
+            err_k = base_err + np.cumsum(e_exit - e_cont[order])[pos]
+            ok = err_k <= budget
+            best_cost, best_t = cur_cost, th[i]
+            if ok.any():
+                k = int(np.argmin(np.where(ok, cost_k, np.inf)))
+                if cost_k[k] < best_cost - 1e-9:
+                    best_cost, best_t = cost_k[k], float(cand[k])
+            if base_err <= budget and base_cost < best_cost - 1e-9:
+                best_t = np.inf
+            if best_t != th[i]:
+                th[i] = best_t
+                changed = True
+        if not changed:
+            break
+    return th
+
+
+@dataclass
+class Solution:
+    thresholds: np.ndarray
+    rel_cost: float
+    drop: float  # fraction (not pp)
+    lam: float
+
+
+def _solve(prob: Problem, lam: float, init: np.ndarray | None, **kw) -> Solution:
+    th = coordinate_descent(prob, lam, init, **kw)
+    c, d = prob.evaluate(th)
+    return Solution(th, c, d, lam)
+
+
+LAM_LO, LAM_HI = 1e-3, 1e5
+
+
+def min_cost(prob: Problem, max_drop: float, *, iters: int = 28, **kw) -> Solution:
+    """Cheapest thresholds whose accuracy drop (fraction) on ``prob`` is at most ``max_drop``."""
+    best = Solution(never_exit(prob.num_nodes), *prob.evaluate(never_exit(prob.num_nodes)), np.inf)
+    lo, hi = np.log(LAM_LO), np.log(LAM_HI)
+    init = None
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        sol = _solve(prob, float(np.exp(mid)), init, **kw)
+        if sol.drop <= max_drop + 1e-12:
+            if sol.rel_cost < best.rel_cost:
+                best = sol
+            hi = mid  # feasible: try a smaller multiplier (cheaper)
+            init = sol.thresholds
+        else:
+            lo = mid
+    th = polish(prob, best.thresholds, max_drop, max_candidates=kw.get("max_candidates", 256))
+    c, d = prob.evaluate(th)
+    if d <= max_drop + 1e-12 and c < best.rel_cost:
+        best = Solution(th, c, d, best.lam)
+    return best
+
+
+def max_accuracy(prob: Problem, budget: float, *, iters: int = 28, **kw) -> Solution:
+    """Most accurate thresholds whose mean relative FLOPs on ``prob`` are at most ``budget``."""
+    cheapest = Solution(np.full(prob.num_nodes, -np.inf), *prob.evaluate(np.full(prob.num_nodes, -np.inf)), 0.0)
+    if cheapest.rel_cost > budget:
+        raise ValueError(
+            f"FLOPs budget {budget:.4g} (relative to last exit) is below the cheapest possible "
+            f"{cheapest.rel_cost:.4g} (everything exits at node 1); raise --flops-budget"
+        )
+    full = Solution(never_exit(prob.num_nodes), *prob.evaluate(never_exit(prob.num_nodes)), np.inf)
+    if full.rel_cost <= budget:
+        return full
+    best = cheapest
+    lo, hi = np.log(LAM_LO), np.log(LAM_HI)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        sol = _solve(prob, float(np.exp(mid)), best.thresholds if best is not cheapest else None, **kw)
+        if sol.rel_cost <= budget + 1e-12:
+            if (sol.drop, sol.rel_cost) < (best.drop, best.rel_cost):
+                best = sol
+            lo = mid  # within budget: weigh errors more
+        else:
+            hi = mid
+    return best
+
+
+def lagrangian_path(prob: Problem, num: int = 48, **kw) -> list[Solution]:
+    """Solutions for a geometric grid of multipliers, from accurate (large lam) to cheap (small lam)."""
+    out: list[Solution] = []
+    init = None
+    for lam in np.geomspace(LAM_HI, LAM_LO, num):
+        sol = _solve(prob, float(lam), init, **kw)
+        init = sol.thresholds
+        out.append(sol)
+    return out
+
+
+def pareto_front(points: list[tuple[float, float]]) -> np.ndarray:
+    """Indices of the non-dominated (cost, drop) points (both minimised), sorted by cost."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((pts[:, 1], pts[:, 0]))
+    keep = []
+    best = np.inf
+    for i in order:
+        if pts[i, 1] < best - 1e-15:
+            keep.append(i)
+            best = pts[i, 1]
+    return np.asarray(keep, dtype=np.int64)
