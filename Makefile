@@ -42,3 +42,10 @@ bench: dev
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+
+# Regenerate the runtime's protobuf / gRPC modules (committed; needs grpcio-tools from the dev extra).
+protos: dev
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src \
+		src/distree/runtime/protos/node.proto
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src \
+		src/distree/runtime/protos/kserve_v2.proto

@@ -1,0 +1,221 @@
+"""A small synchronous client for a distree cluster (node 1's Open Inference Protocol) and node health.
+
+Any KServe v2 gRPC client works against node 1 (e.g. ``tritonclient.grpc``); this one adds the
+distree outputs (exit node, degraded flag) as numpy arrays and a bounded-concurrency ``infer_many``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from .kserve import INPUT, OUTPUTS, SERVICE
+from .protos import kserve_v2_pb2 as pb
+from .protos import node_pb2, node_pb2_grpc
+from .spec import DEFAULT_MAX_MESSAGE
+from .tls import ClientTLS
+
+_DT = {"FP32": np.float32, "INT32": np.int32, "BOOL": np.bool_, "UINT8": np.uint8}
+
+
+@dataclass
+class InferResult:
+    probs: np.ndarray  # (B, K)
+    exit_node: np.ndarray  # (B,) 1-based
+    degraded: np.ndarray  # (B,) bool
+    score: np.ndarray  # (B,)
+    reasons: list[str] = field(default_factory=list)
+    latency_s: float = float("nan")
+    request_id: str = ""
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probs.argmax(axis=-1)
+
+
+def make_channel(
+    address: str, tls: ClientTLS | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE
+) -> grpc.Channel:
+    opts = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.enable_retries", 0),
+    ]
+    if tls is None:
+        return grpc.insecure_channel(address, options=opts)
+    return grpc.secure_channel(address, tls.credentials(), options=opts + tls.options())
+
+
+def build_request(
+    x: np.ndarray,
+    *,
+    model_name: str = "distree",
+    request_id: str = "",
+    timeout_s: float | None = None,
+    outputs: Sequence[str] | None = None,
+) -> pb.ModelInferRequest:
+    """A ModelInfer request for images ``x`` (B, C, H, W): float32 normalised, or uint8 pixels."""
+    x = np.ascontiguousarray(x)
+    if x.dtype == np.uint8:
+        dt = "UINT8"
+    else:
+        x = x.astype(np.float32, copy=False)
+        dt = "FP32"
+    req = pb.ModelInferRequest(model_name=model_name, id=request_id)
+    req.inputs.add(name=INPUT, datatype=dt, shape=list(x.shape))
+    req.raw_input_contents.append(x.tobytes())
+    for o in outputs or ():
+        req.outputs.add(name=o)
+    if timeout_s is not None:
+        req.parameters["timeout"].int64_param = max(1, int(timeout_s * 1e6))
+    return req
+
+
+def parse_response(resp: pb.ModelInferResponse) -> InferResult:
+    arrays: dict[str, np.ndarray] = {}
+    for i, o in enumerate(resp.outputs):
+        arrays[o.name] = np.frombuffer(resp.raw_output_contents[i], dtype=_DT[o.datatype]).reshape(tuple(o.shape))
+    b = next(iter(arrays.values())).shape[0] if arrays else 0
+    reasons = (
+        resp.parameters["degraded_reasons"].string_param.split(",")
+        if ("degraded_reasons" in resp.parameters)
+        else [""] * b
+    )
+    return InferResult(
+        probs=arrays.get("PROBS", np.zeros((b, 0), np.float32)),
+        exit_node=arrays.get("EXIT_NODE", np.zeros(b, np.int32)),
+        degraded=arrays.get("DEGRADED", np.zeros(b, bool)),
+        score=arrays.get("SCORE", np.zeros(b, np.float32)),
+        reasons=reasons,
+        request_id=resp.id,
+    )
+
+
+class ClusterClient:
+    """Client of node 1 (Open Inference Protocol)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: ClientTLS | None = None,
+        model_name: str = "distree",
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.address = address
+        self.model_name = model_name
+        self.channel = make_channel(address, tls, max_message_bytes)
+
+        def rpc(name: str, req: type, resp: type):
+            return self.channel.unary_unary(
+                f"/{SERVICE}/{name}", request_serializer=req.SerializeToString, response_deserializer=resp.FromString
+            )
+
+        self._infer = rpc("ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)
+        self._ready = rpc("ServerReady", pb.ServerReadyRequest, pb.ServerReadyResponse)
+        self._live = rpc("ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse)
+        self._meta = rpc("ModelMetadata", pb.ModelMetadataRequest, pb.ModelMetadataResponse)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ClusterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def live(self, timeout_s: float = 5.0) -> bool:
+        return self._live(pb.ServerLiveRequest(), timeout=timeout_s).live
+
+    def ready(self, timeout_s: float = 5.0) -> bool:
+        return self._ready(pb.ServerReadyRequest(), timeout=timeout_s).ready
+
+    def metadata(self, timeout_s: float = 5.0) -> pb.ModelMetadataResponse:
+        return self._meta(pb.ModelMetadataRequest(name=self.model_name), timeout=timeout_s)
+
+    def infer(
+        self,
+        x: np.ndarray,
+        *,
+        deadline_s: float | None = None,
+        rpc_timeout_s: float | None = 60.0,
+        request_id: str = "",
+    ) -> InferResult:
+        """Send images (B, C, H, W); ``deadline_s`` is the request's QoS deadline (the ``timeout`` parameter)."""
+        req = build_request(x, model_name=self.model_name, request_id=request_id, timeout_s=deadline_s)
+        t = time.perf_counter()
+        resp = self._infer(req, timeout=rpc_timeout_s)
+        res = parse_response(resp)
+        res.latency_s = time.perf_counter() - t
+        return res
+
+    def infer_many(
+        self,
+        xs: Sequence[np.ndarray],
+        *,
+        concurrency: int = 16,
+        deadline_s: float | None = None,
+        rpc_timeout_s: float | None = 60.0,
+    ) -> list[InferResult | grpc.RpcError]:
+        """Send every ``xs[i]`` as its own request, at most ``concurrency`` in flight; results in order."""
+        out: list[InferResult | grpc.RpcError | None] = [None] * len(xs)
+        sem = threading.Semaphore(concurrency)
+        done = threading.Event()
+        left = [len(xs)]
+        lock = threading.Lock()
+        if not xs:
+            return []
+
+        def finish(i: int, t0: float, fut: grpc.Future) -> None:
+            try:
+                r = parse_response(fut.result())
+                r.latency_s = time.perf_counter() - t0
+                out[i] = r
+            except grpc.RpcError as e:
+                out[i] = e
+            sem.release()
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        for i, x in enumerate(xs):
+            sem.acquire()
+            req = build_request(x, model_name=self.model_name, request_id=str(i), timeout_s=deadline_s)
+            t0 = time.perf_counter()
+            fut = self._infer.future(req, timeout=rpc_timeout_s)
+            fut.add_done_callback(lambda f, i=i, t0=t0: finish(i, t0, f))
+        done.wait()
+        return out  # type: ignore[return-value]
+
+
+def wait_healthy(address: str, *, tls: ClientTLS | None = None, timeout_s: float = 60.0) -> bool:
+    """Poll the gRPC health service at ``address`` until SERVING or ``timeout_s``."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    end = time.monotonic() + timeout_s
+    with make_channel(address, tls) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < end:
+            try:
+                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    return False
+
+
+def node_info(address: str, *, tls: ClientTLS | None = None, timeout_s: float = 5.0) -> node_pb2.InfoResponse:
+    with make_channel(address, tls) as ch:
+        return node_pb2_grpc.ChainNodeStub(ch).Info(node_pb2.InfoRequest(), timeout=timeout_s)
+
+
+__all__ = ["OUTPUTS", "ClusterClient", "InferResult", "build_request", "node_info", "parse_response", "wait_healthy"]
