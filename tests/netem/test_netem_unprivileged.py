@@ -1,0 +1,119 @@
+"""Parts of distree.netem that need no privileges: capability reporting, parameter and trace validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from distree.fluctuation import TraceFileError, load_bandwidth_trace
+from distree.netem import Capabilities, LinkParams, NetemUnavailable, netem_available
+from distree.netem import capability as cap_mod
+from distree.netem._forwarder import Direction
+
+
+def test_netem_available_returns_a_reason():
+    ok, why = netem_available()
+    assert isinstance(ok, bool)
+    assert isinstance(why, str) and why
+    if ok:
+        assert "backend" in why
+
+
+def test_probe_without_iproute2_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(cap_mod, "which", lambda name: None)
+    caps = cap_mod._probe()
+    assert not caps.namespaces
+    assert "iproute2" in caps.reasons["namespaces"]
+    with pytest.raises(NetemUnavailable, match="iproute2"):
+        caps.choose_backend("auto")
+
+
+def test_backend_choice_follows_capabilities():
+    full = Capabilities(namespaces=True, veth=True, netem=True, netem_rate=True, tbf=True, tun=True)
+    assert full.choose_backend("auto") == "kernel"
+    assert full.choose_backend("userspace") == "userspace"
+    no_netem = Capabilities(namespaces=True, veth=True, tbf=True, tun=True, reasons={"netem": "unknown qdisc"})
+    assert no_netem.choose_backend("auto") == "userspace"
+    assert no_netem.choose_backend("kernel") == "kernel"  # rate-only shaping with tbf
+    rate_only = Capabilities(namespaces=True, veth=True, tbf=True, reasons={"tun": "no /dev/net/tun"})
+    assert rate_only.choose_backend("auto") == "kernel"
+    with pytest.raises(NetemUnavailable, match="/dev/net/tun"):
+        rate_only.choose_backend("userspace")
+    with pytest.raises(ValueError, match="unknown netem backend"):
+        full.choose_backend("fast")
+
+
+def test_link_params_validation_names_the_problem():
+    with pytest.raises(ValueError, match="loss is a probability"):
+        LinkParams(loss=2.0)
+    with pytest.raises(ValueError, match="delay_ms"):
+        LinkParams(delay_ms=-1)
+    with pytest.raises(ValueError, match="jitter_ms"):
+        LinkParams(delay_ms=5, jitter_ms=10)
+    with pytest.raises(ValueError, match="rate_mbit"):
+        LinkParams(rate_mbit=float("nan"))
+    assert not LinkParams().shaped
+    assert LinkParams(rate_mbit=8).shaped and not LinkParams(rate_mbit=8).needs_netem
+
+
+def test_bandwidth_trace_files_are_read_with_clear_errors(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0.0 4.0\n0.5 fast\n")
+    with pytest.raises(TraceFileError, match=r"bad.txt:2"):
+        load_bandwidth_trace(bad)
+    back = tmp_path / "back.txt"
+    back.write_text("0 1\n2 1\n1 1\n")
+    with pytest.raises(TraceFileError, match="not after"):
+        load_bandwidth_trace(back)
+
+
+def _model(rate_bps=None, delay_s=0.0, loss=0.0, limit=1000):
+    import os
+    import random
+
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    d = Direction(w, random.Random(0))
+    d.configure({"rate_bps": rate_bps, "delay_s": delay_s, "loss": loss, "limit": limit}, 0.0)
+    return d, r, w
+
+
+def test_userspace_model_serialises_then_delays():
+    import os
+
+    d, r, w = _model(rate_bps=8000.0, delay_s=0.5)  # 1000 bytes/s
+    try:
+        d.arrive(b"a" * 100, 0.0)  # on the wire 0.0 .. 0.1 s
+        d.arrive(b"b" * 100, 0.0)  # queued, 0.1 .. 0.2 s
+        assert d.next_event() == pytest.approx(0.1)
+        d.pump(0.15)
+        assert d.delayed[0][0] == pytest.approx(0.6)  # serialised at 0.1, + 0.5 s delay
+        d.set_rate(16000.0, 0.15)  # second packet half sent: 400 bits left at 16 kbit/s -> 0.025 s
+        assert d.done == pytest.approx(0.175)
+        d.pump(0.2)
+        d.flush(0.65)
+        assert os.read(r, 1000) == b"a" * 100
+        d.flush(0.7)
+        assert os.read(r, 1000) == b"b" * 100
+        assert d.stats["tx_packets"] == 2
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_userspace_model_stalls_at_zero_rate_and_drops_over_limit():
+    import os
+
+    d, r, w = _model(rate_bps=0.0, limit=2)
+    try:
+        for _ in range(3):
+            d.arrive(b"x" * 10, 0.0)
+        assert d.stats["drop_queue"] == 1
+        d.pump(100.0)
+        assert d.next_event() == float("inf")  # stalled: nothing leaves
+        d.set_rate(800.0, 100.0)  # 100 bytes/s: 10 bytes each -> 0.1 s each
+        d.pump(100.25)
+        d.flush(100.25)
+        assert d.stats["tx_packets"] == 2
+    finally:
+        os.close(r)
+        os.close(w)
