@@ -24,6 +24,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 # Each module registers its subcommands on ``app``.
 from . import demo as _demo  # noqa: E402,F401
+from . import netem as _netem  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 from . import trace as _trace  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
