@@ -1,0 +1,56 @@
+from typer.testing import CliRunner
+
+from distree.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_subcommands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("train", "trace", "demo", "models"):
+        assert cmd in res.output
+
+
+def test_train_then_trace(tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "small-cnn",
+            "--nodes",
+            "2",
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert (out / "model.safetensors").is_file() and (out / "history.json").is_file()
+    tr = tmp_path / "val.trace.safetensors"
+    res = runner.invoke(app, ["trace", "--checkpoint", str(out), "--split", "val", "--out", str(tr)])
+    assert res.exit_code == 0, res.output
+    from distree.trace import load_trace
+
+    t = load_trace(tr)
+    assert t.num_nodes == 2 and t.num_samples == 48  # 10% of the 480 synthetic training samples
+
+
+def test_missing_dataset_is_one_clear_message(tmp_path):
+    res = runner.invoke(
+        app, ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2
+    assert "cifar-10-batches-py" in res.output and "Traceback" not in res.output
+
+
+def test_bad_objective_is_a_clear_error(tmp_path):
+    res = runner.invoke(app, ["train", "--objective", "magic", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "unknown objective 'magic'" in res.output
