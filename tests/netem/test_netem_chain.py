@@ -16,7 +16,6 @@ import threading
 import time
 
 import pytest
-from netem_sockets import median_rtt_ms, rate_mbit, stream_arrivals, tcp_pair, transfer_seconds
 
 from distree.netem import (
     NetemUnavailable,
@@ -29,6 +28,7 @@ from distree.netem import (
     replay_trace,
     run_in,
 )
+from distree.netem.measure import median_rtt_ms, rate_mbit, stream_arrivals, tcp_pair, transfer_seconds
 
 pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("netem")]
 

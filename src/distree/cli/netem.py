@@ -89,3 +89,23 @@ def clean(prefix: str = typer.Option("dt", help="Name prefix of the chains to lo
         fail(str(e))
         return
     console.print(f"removed {len(removed)} stale namespace(s)" + (": " + ", ".join(removed) if removed else ""))
+
+
+@netem_app.command("selftest")
+def selftest(
+    backend: list[str] = typer.Option(["auto"], help="Backend(s) to measure: auto | kernel | userspace."),
+    repeats: int = typer.Option(3, help="Measurements per setting."),
+) -> None:
+    """Shape a link with known delays and rates; print measured against expected."""
+    from ..netem import NetemError
+    from ..netem.measure import selftest as run_selftest
+
+    table = Table(title="netem self-test (1 link, TCP)")
+    for col in ("backend", "setting", "metric", "expected", "measured", "measured/expected"):
+        table.add_column(col, justify="right" if col in ("expected", "measured", "measured/expected") else "left")
+    for b in backend:
+        for c in guarded(lambda b=b: run_selftest(b, repeats=repeats), NetemError, RuntimeError):
+            exp = "-" if c.expected != c.expected else f"{c.expected:.3f}"
+            ratio = "-" if c.expected != c.expected else f"{c.ratio:.3f}"
+            table.add_row(c.backend, c.setting, c.metric, exp, f"{c.measured:.3f}", ratio)
+    console.print(table)

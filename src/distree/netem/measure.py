@@ -1,4 +1,8 @@
-"""Socket measurements across namespaces for the netem tests (in-process: sockets made inside namespaces)."""
+"""Measuring what a shaped link does: round trips, transfer times, throughput over time.
+
+Everything runs in this process, over sockets created inside the namespaces (:func:`socket_in`).
+:func:`selftest` shapes a fresh chain with known settings and reports measured against expected
+(``distree netem selftest``)."""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
-from distree.netem import Namespace
+from .capability import kernel_netem_available, netem_available
+from .chain import Namespace, NetnsChain
 
 
 @contextmanager
@@ -44,9 +50,11 @@ def median_rtt_ms(cli: socket.socket, srv: socket.socket, n: int = 9) -> float:
     for _ in range(n):
         t0 = time.perf_counter()
         cli.sendall(b"p")
-        assert srv.recv(1) == b"p"
+        if srv.recv(1) != b"p":
+            raise ConnectionError("echo peer closed")
         srv.sendall(b"q")
-        assert cli.recv(1) == b"q"
+        if cli.recv(1) != b"q":
+            raise ConnectionError("echo peer closed")
         samples.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(samples)
 
@@ -69,10 +77,12 @@ def transfer_seconds(cli: socket.socket, srv: socket.socket, nbytes: int) -> flo
     th.start()
     t0 = time.perf_counter()
     cli.sendall(b"\0" * nbytes)
-    assert done.wait(60), "transfer did not finish"
+    if not done.wait(120):
+        raise TimeoutError(f"transfer of {nbytes} bytes did not finish within 120 s")
     elapsed = time.perf_counter() - t0
     th.join()
-    assert got == nbytes
+    if got != nbytes:
+        raise ConnectionError(f"connection closed after {got} of {nbytes} bytes")
     return elapsed
 
 
@@ -112,6 +122,55 @@ def stream_arrivals(cli: socket.socket, srv: socket.socket, seconds: float) -> l
 def rate_mbit(samples: list[tuple[float, int]], t_from: float, t_to: float) -> float:
     """Receiver throughput between two times of a :func:`stream_arrivals` record."""
     inside = [(t, b) for t, b in samples if t_from <= t <= t_to]
-    assert len(inside) >= 2, f"no data between {t_from} and {t_to} s"
+    if len(inside) < 2:
+        raise ValueError(f"fewer than two samples between {t_from} and {t_to} s")
     (ta, ba), (tb, bb) = inside[0], inside[-1]
     return (bb - ba) * 8 / (tb - ta) / 1e6
+
+
+@dataclass(frozen=True)
+class Check:
+    """One self-test measurement: what was set, what that should give, what was measured."""
+
+    backend: str
+    setting: str
+    metric: str
+    expected: float
+    measured: float
+
+    @property
+    def ratio(self) -> float:
+        return self.measured / self.expected if self.expected else float("nan")
+
+
+def selftest(backend: str = "auto", repeats: int = 1) -> list[Check]:
+    """Shape a 1-node chain with known settings and measure (RTT for delays, transfer time for rates).
+
+    - delay 10 / 40 ms each way: median TCP round trip of a 1-byte echo (expected 2 x delay);
+    - rate 8 / 32 Mbit/s: time to move 1 MB / 4 MB over one TCP connection (expected bytes x 8 / rate,
+      TCP/IP headers, about 4 %, not counted).
+
+    Delays are skipped for the kernel backend when the kernel has no netem.
+    """
+    ok, why = netem_available(backend)
+    if not ok:
+        raise RuntimeError(why)
+    out: list[Check] = []
+    with NetnsChain(1, backend=backend) as chain, tcp_pair(chain.node(1), chain.client, chain.addr(1)) as (cli, srv):
+        name = chain.backend
+        link = chain.link(0)
+        out.append(Check(name, "unshaped", "rtt_ms", float("nan"), median_rtt_ms(cli, srv)))
+        if name == "userspace" or kernel_netem_available()[0]:
+            for delay in (10.0, 40.0):
+                link.shape(delay_ms=delay)
+                for _ in range(repeats):
+                    out.append(Check(name, f"delay {delay:g} ms", "rtt_ms", 2 * delay, median_rtt_ms(cli, srv)))
+        for rate, nbytes in ((8.0, 1_000_000), (32.0, 4_000_000)):
+            link.shape(rate_mbit=rate)
+            for _ in range(repeats):
+                t = transfer_seconds(cli, srv, nbytes)
+                out.append(
+                    Check(name, f"rate {rate:g} Mbit/s, {nbytes / 1e6:g} MB", "seconds", nbytes * 8 / (rate * 1e6), t)
+                )
+        link.clear()
+    return out
