@@ -27,7 +27,7 @@ import simpy
 
 from ..policies import ExitInputs, ExitPolicy
 from ..trace import Trace
-from .results import SimResult, build_records
+from .results import SimResult, build_records, skips_heads
 from .scenario import Cluster
 from .workload import Requests, rng_for
 
@@ -95,6 +95,8 @@ class _Sim:
         self.finished = 0
         self.next_req = 0
         self._tick = max(1, r // 200)
+        self.skip_heads = skips_heads(policy)
+        self.mult = [nd.work_multipliers(r, rng_for(seed, 100 + i)) for i, nd in enumerate(cluster.nodes)]
 
     # ------------------------------------------------------------------ helpers
     def _answer(self, req: int, node: int, t_decided: float, degraded: bool = False, qos: bool = False) -> None:
@@ -107,6 +109,8 @@ class _Sim:
             self.answered[req] = np.nan
         else:
             self.exit0[req] = node
+            if self.skip_heads and node < self.n - 1:  # a deadline or degraded exit runs the skipped head
+                t_decided = float(self.c.nodes[node].speed.finish_time(t_decided, self.c.nodes[node].head_s))
             self.answered[req] = t_decided + self.c.return_time(node, t_decided)
         self.degraded[req] = degraded
         self.qos[req] = qos
@@ -182,7 +186,13 @@ class _Sim:
                     continue
             batch = [node.queue.popleft() for _ in range(min(spec.max_batch, len(node.queue)))]
             start = env.now
-            dur = float(spec.speed.finish_time(start, spec.batch_s(len(batch)))) - start
+            work = spec.batch_s(len(batch))
+            if self.skip_heads and i < self.n - 1:
+                work -= spec.head_s * (work / spec.compute_s)
+            mult = self.mult[i]
+            if mult is not None:
+                work *= float(np.mean([mult[b[0]] for b in batch]))
+            dur = float(spec.speed.finish_time(start, work)) - start
             node.in_service = batch
             try:
                 yield env.timeout(dur)
@@ -318,7 +328,7 @@ def run_simpy(
     if progress is not None:
         progress(reqs.count, reqs.count)
     records = build_records(trace, reqs.sample, sim.arrival, reqs.deadline_s, sim.exit0, sim.answered,
-                            sim.degraded, sim.qos, cluster.return_mode)  # fmt: skip
+                            sim.degraded, sim.qos, cluster.return_mode, sim.skip_heads)  # fmt: skip
     ans = records["answered_s"]
     makespan = float(np.nanmax(ans) - np.nanmin(sim.arrival)) if np.isfinite(ans).any() else 0.0
     n = cluster.num_nodes

@@ -110,6 +110,12 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def skips_heads(policy: object) -> bool:
+    """Last-exit inference makes no early-exit decisions, so its nodes skip their exit heads (only the final
+    head runs, and a head whose node must answer early because of the deadline)."""
+    return getattr(policy, "name", "") == "last-exit"
+
+
 def build_records(
     trace: Trace,
     sample: np.ndarray,
@@ -120,6 +126,7 @@ def build_records(
     degraded: np.ndarray,
     qos: np.ndarray,
     return_mode: str,
+    skip_heads: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-request records from the raw engine outputs (``exit0``: 0-based exit node, -1 = lost)."""
     lost = exit0 < 0
@@ -127,7 +134,11 @@ def build_records(
     correct = trace.correct[sample, ex] & ~lost
     latency = np.where(lost, np.nan, answered - arrival)
     cost = trace.cost
-    flops = np.where(lost, 0.0, cost.exit_cost()[ex])
+    if skip_heads:  # segments up to the exit and that exit's head only
+        per_exit = np.cumsum(np.asarray(cost.segment_flops, dtype=np.float64)) + np.asarray(cost.exit_flops)
+    else:  # every visited node evaluated its head
+        per_exit = cost.exit_cost()
+    flops = np.where(lost, 0.0, per_exit[ex])
     back_links = ex + 1 if return_mode == "chain" else np.ones_like(ex)
     nbytes = cost.input_bytes + cost.bytes_to_exit()[ex] + cost.output_bytes * back_links
     nbytes = np.where(lost, float(cost.input_bytes), nbytes)

@@ -72,7 +72,7 @@ def simulate(
     eng = choose_engine(sc, trace, engine)
     log.info("simulating %s with %s on the %s engine (%d requests)", sc.name, pol.name, eng, reqs.count)
     if eng == "vector":
-        res = run_vector(cluster, trace, pol, reqs, scenario=sc.name, progress=progress)
+        res = run_vector(cluster, trace, pol, reqs, seed=sc.seed, scenario=sc.name, progress=progress)
     else:
         res = run_simpy(cluster, trace, pol, reqs, seed=sc.seed, clients=sc.workload.clients,
                         think_s=sc.workload.think_s, scenario=sc.name, progress=progress)  # fmt: skip

@@ -58,7 +58,11 @@ _WORKLOAD = {
     "arrival", "rate_per_s", "requests", "deadline_s", "deadline_jitter_s", "samples",
     "rate_on_per_s", "mean_on_s", "mean_off_s", "clients", "think_s",
 }  # fmt: skip
-_DEVICE = {"flops_per_s", "seconds", "speed", "max_batch", "max_delay_s", "batch_marginal", "mttf_s", "mttr_s"}
+_DEVICE = {
+    "flops_per_s", "seconds", "speed", "max_batch", "max_delay_s", "batch_marginal", "mttf_s", "mttr_s",
+    "service", "service_cv",
+}  # fmt: skip
+SERVICES = ("deterministic", "exponential", "lognormal")
 _DEVICES = _DEVICE | {"profile", "use", "nodes"}
 _LINK = {"bandwidth_mbps", "bandwidth", "delay_s"}
 _NETWORK = {"return", "uplink", "hops", "hop"}
@@ -115,6 +119,8 @@ class DeviceSpec:
     batch_marginal: float = 1.0  # extra time per extra batch row, relative to batch 1
     mttf_s: float = 0.0  # 0: never fails
     mttr_s: float = 1.0
+    service: str = "deterministic"  # per-request work: fixed, or random with mean 1 x nominal
+    service_cv: float = 0.0  # coefficient of variation for lognormal
 
 
 @dataclass
@@ -162,6 +168,13 @@ def _device_spec(d: dict[str, Any], where: str, base: DeviceSpec | None = None) 
     out.batch_marginal = _num(d, "batch_marginal", where, out.batch_marginal)
     out.mttf_s = _num(d, "mttf_s", where, out.mttf_s)
     out.mttr_s = _num(d, "mttr_s", where, out.mttr_s, lo=0.0, strict=True)
+    if "service" in d:
+        out.service = str(d["service"])
+        if out.service not in SERVICES:
+            raise ScenarioError(f"[{where}] service must be one of {SERVICES}, got {out.service!r}")
+    out.service_cv = _num(d, "service_cv", where, out.service_cv)
+    if out.service == "lognormal" and out.service_cv <= 0:
+        raise ScenarioError(f"[{where}] service = 'lognormal' needs service_cv > 0 (e.g. 0.1)")
     return out
 
 
@@ -328,14 +341,26 @@ def load_device_profile(path: str | Path) -> dict[str, Any]:
 class NodeModel:
     compute_s: float  # nominal seconds per request (segment + exit head), batch 1
     speed: SpeedProfile
+    head_s: float = 0.0  # the exit head's share of compute_s
     max_batch: int = 1
     max_delay_s: float = 0.0
     batch_marginal: float = 1.0
     mttf_s: float = 0.0
     mttr_s: float = 1.0
+    service: str = "deterministic"
+    service_cv: float = 0.0
 
     def batch_s(self, b: int) -> float:
         return self.compute_s * (1.0 + self.batch_marginal * (b - 1))
+
+    def work_multipliers(self, count: int, rng: np.random.Generator) -> np.ndarray | None:
+        """Per-request work relative to nominal (mean 1), indexed by request id; None when deterministic."""
+        if self.service == "exponential":
+            return rng.exponential(1.0, size=count)
+        if self.service == "lognormal":
+            s2 = math.log1p(self.service_cv**2)
+            return rng.lognormal(-s2 / 2.0, math.sqrt(s2), size=count)
+        return None
 
 
 @dataclass
@@ -463,7 +488,15 @@ def build_cluster(sc: Scenario, cost: CostProfile, *, speed_intensity: float | N
             and sc.raw.get("devices", {}).get("batch_marginal") is None
         ):
             marginal = prof_marginal[i]
-        nodes.append(NodeModel(comp, speed, d.max_batch, d.max_delay_s, marginal, d.mttf_s, d.mttr_s))
+        if prof_seconds is not None and d.seconds is None and d.flops_per_s is None and "exit_s" in sc.profile:
+            head = float(sc.profile["exit_s"][i])
+        else:
+            head = comp * float(cost.exit_flops[i]) / max(per_node_flops[i], 1.0)
+        nodes.append(
+            NodeModel(
+                comp, speed, head, d.max_batch, d.max_delay_s, marginal, d.mttf_s, d.mttr_s, d.service, d.service_cv
+            )  # fmt: skip
+        )
     hops: list[LinkModel] = []
     for k in range(n - 1):
         over = sc.hop_overrides.get(k, {})

@@ -26,9 +26,9 @@ import numpy as np
 from ..fluctuation import BandwidthTrace, SpeedProfile
 from ..policies import ExitInputs, ExitPolicy
 from ..trace import Trace
-from .results import SimResult, build_records
+from .results import SimResult, build_records, skips_heads
 from .scenario import Cluster
-from .workload import Requests
+from .workload import Requests, rng_for
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +36,32 @@ CHUNK = 1 << 16
 _MBIT = 1e6 / 8.0
 
 
-def fifo(a: np.ndarray, amount: float, profile: SpeedProfile | BandwidthTrace) -> tuple[np.ndarray, np.ndarray]:
-    """Start and finish times of a FIFO server fed at sorted times ``a``, each job of size ``amount``
-    (nominal work seconds for a device, bytes for a link)."""
+def fifo(
+    a: np.ndarray, amount: float | np.ndarray, profile: SpeedProfile | BandwidthTrace
+) -> tuple[np.ndarray, np.ndarray]:
+    """Start and finish times of a FIFO server fed at sorted times ``a``, job k of size ``amount[k]``
+    (or one size for all): nominal work seconds for a device, bytes for a link."""
     a = np.asarray(a, dtype=np.float64)
     if a.size == 0:
         return a.copy(), a.copy()
     # work in Mbit for a link, in nominal seconds for a device
-    unit = amount / _MBIT if isinstance(profile, BandwidthTrace) else float(amount)
+    unit = np.asarray(amount, dtype=np.float64)
+    if isinstance(profile, BandwidthTrace):
+        unit = unit / _MBIT
+    if unit.ndim == 0:
+        k = np.arange(1, a.size + 1, dtype=np.float64)
+        cum = k * float(unit)
+    else:
+        cum = np.cumsum(unit)
+    prev = np.concatenate([[0.0], cum[:-1]])
     if profile.is_constant:
         rate = float(profile.rate.rates[0])
-        s = unit / rate
-        k = np.arange(1, a.size + 1, dtype=np.float64)
-        # d_k = S_k + max_{j<=k}(a_j - S_{j-1}),  S_k = k s
-        d = k * s + np.maximum.accumulate(a - (k - 1) * s)
+        # d_k = S_k + max_{j<=k}(a_j - S_{j-1}),  S = prefix sums of the service times
+        d = cum / rate + np.maximum.accumulate(a - prev / rate)
     else:
         r = profile.rate
         aw = np.asarray(r.work(a), dtype=np.float64)
-        k = np.arange(1, a.size + 1, dtype=np.float64)
-        dw = k * unit + np.maximum.accumulate(aw - (k - 1) * unit)
+        dw = cum + np.maximum.accumulate(aw - prev)
         d = np.asarray(r.time_of_work(dw), dtype=np.float64)
     d = np.maximum(d, a)
     start = np.maximum(a, np.concatenate([[-np.inf], d[:-1]]))
@@ -119,6 +126,7 @@ def run_vector(
     policy: ExitPolicy,
     reqs: Requests,
     *,
+    seed: int = 0,
     scenario: str = "scenario",
     progress: Callable[[int, int], Any] | None = None,
 ) -> SimResult:
@@ -133,6 +141,7 @@ def run_vector(
     order = np.argsort(arrival, kind="stable")
     if not np.all(order == np.arange(r)):
         raise ValueError("open-loop arrival times must be sorted by request id")
+    skip_heads = skips_heads(policy)
     exit0 = np.full(r, -1, dtype=np.int64)
     answered = np.full(r, np.nan)
     qos_all = np.zeros(r, dtype=bool)
@@ -148,7 +157,9 @@ def run_vector(
     state: dict[str, np.ndarray] = {}
     for i in range(n):
         nd = cluster.nodes[i]
-        start, fin = fifo(a, nd.compute_s, nd.speed)
+        mult = nd.work_multipliers(r, rng_for(seed, 100 + i))
+        work = nd.compute_s - (nd.head_s if skip_heads and i < n - 1 else 0.0)
+        start, fin = fifo(a, work if mult is None else work * mult[idx], nd.speed)
         node_busy[i] = float(np.sum(fin - start))
         node_wait[i] = float(np.sum(start - a))
         node_served[i] = idx.size
@@ -160,7 +171,10 @@ def run_vector(
         done = idx[ex]
         exit0[done] = i
         qos_all[done] = qos[ex]
-        answered[done] = fin[ex] + np.asarray(cluster.return_time(i, fin[ex]), dtype=np.float64)
+        t_ans = fin[ex]
+        if skip_heads and i < n - 1:  # a deadline exit runs the head it skipped
+            t_ans = np.asarray(nd.speed.finish_time(t_ans, nd.head_s), dtype=np.float64)
+        answered[done] = t_ans + np.asarray(cluster.return_time(i, t_ans), dtype=np.float64)
         keep = ~ex
         if i < n - 1 and keep.any():
             hop = cluster.hops[i]
@@ -177,7 +191,7 @@ def run_vector(
         progress(n, n)
     records = build_records(
         trace, reqs.sample, arrival, reqs.deadline_s, exit0, answered, np.zeros(r, dtype=bool), qos_all,
-        cluster.return_mode,
+        cluster.return_mode, skip_heads,
     )  # fmt: skip
     makespan = float(np.nanmax(answered) - arrival[0]) if r else 0.0
     return SimResult(
