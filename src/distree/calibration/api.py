@@ -84,7 +84,7 @@ def calibrate(
                     "n_test": res.n_test,
                     "path_fraction": path_fraction,
                     "seed": seed,
-                    "bound": "Clopper-Pearson on P(wrong, last right) and P(right, last wrong), DELTA/2 each",
+                    "test": "exact binomial test on discordant samples + Clopper-Pearson bound on discordance",
                 },
             )
         out = policy.with_thresholds(th)

@@ -5,18 +5,28 @@ Calibrating Predictive Algorithms to Achieve Risk Control", arXiv:2110.01052) wi
 fixed-sequence testing:
 
 1. The calibration set is split at random. On the first part (``path_fraction``) the
-   Lagrangian search builds candidate threshold vectors and orders them by their estimated
-   accuracy drop there (most conservative first; the first is "never exit early").
+   threshold search fits a reference threshold vector for a drop of ``path_span`` x EPS
+   (:func:`min_cost`). The candidates interpolate between "never exit early" and that
+   reference: candidate ``a`` (a = 0 ... 1 on a fixed grid) lets the top ``a`` share of the
+   samples the reference would pass at each node (by that node's score quantiles) exit there.
+   Consecutive candidates differ by a few exits, so the drop grows smoothly along the sequence.
 2. On the second part each candidate k in that order is tested against the null hypothesis
    H_k: drop(k) > EPS, at level DELTA, stopping at the first one that is not rejected. Fixed-
    sequence testing controls the family-wise error at DELTA, so every rejected candidate has
    population drop <= EPS simultaneously, with probability >= 1 - DELTA; the cheapest is returned.
 
-The test of H_k uses exact binomial (Clopper-Pearson) tail bounds. The population accuracy drop
-is ``p_plus - p_minus``: ``p_plus`` = P(the policy's exit is wrong but the last exit is right),
-``p_minus`` = P(the policy's exit is right but the last exit is wrong). Both are Bernoulli means;
-H_k is rejected when ``UCB(p_plus) - LCB(p_minus) <= EPS`` with each bound at level DELTA / 2 —
-under H_k that needs one of the two bounds to fail, which has probability at most DELTA.
+The test of H_k is an exact binomial test on the discordant samples (McNemar's idea, made
+one-sided and non-asymptotic). The population drop is ``p_plus - p_minus`` with ``p_plus`` =
+P(the policy's exit is wrong but the last exit is right) and ``p_minus`` = P(right but the last
+exit wrong). Write ``r = p_plus + p_minus`` (discordance) and ``q = p_plus / r``. Under H_k,
+``q > 1/2 + EPS / (2 r)``. With ``r_max`` a Clopper-Pearson upper bound on ``r`` at level
+``DELTA / 10``, H_k is rejected when the number of "wrong but last right" samples among the ``m``
+discordant ones is improbably small for ``q0 = 1/2 + EPS / (2 r_max)``:
+``P(Bin(m, q0) <= n_plus) <= 0.9 DELTA``. Given ``m``, ``n_plus`` is Bin(m, q), so under H_k a
+rejection needs either ``r > r_max`` (probability <= DELTA / 10) or the binomial tail event
+(<= 0.9 DELTA): the test has level DELTA. It adapts to the discordance: a union of two
+one-sided bounds on ``p_plus`` and ``p_minus`` would need twice the margin when exits flip
+answers in both directions, which early exits do.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..evaluation.metrics import exit_nodes
-from .search import Problem, lagrangian_path, never_exit
+from .search import Problem, min_cost, never_exit
 
 
 @lru_cache(maxsize=64)
@@ -78,9 +88,36 @@ def binom_lower(k: int, n: int, alpha: float) -> float:
     return 1.0 - binom_upper(n - k, n, alpha)
 
 
-def drop_upper_bound(n_plus: int, n_minus: int, n: int, delta: float) -> float:
-    """Upper confidence bound (level 1 - delta) on the population accuracy drop (fraction)."""
-    return binom_upper(n_plus, n, delta / 2) - binom_lower(n_minus, n, delta / 2)
+R_SHARE = 0.1  # share of DELTA spent on the discordance bound
+
+
+def reject_drop_above(n_plus: int, n_minus: int, n: int, max_drop: float, delta: float) -> bool:
+    """Level-``delta`` test of H: population drop > ``max_drop``, from paired counts on ``n`` samples."""
+    m = n_plus + n_minus
+    if max_drop >= 1.0:
+        return True
+    if m == 0:
+        # no discordance observed: H needs r > max_drop; reject if the upper bound on r is below it
+        return binom_upper(0, n, delta) <= max_drop
+    r_max = binom_upper(m, n, R_SHARE * delta)
+    if r_max <= max_drop:
+        return True  # even if every discordant sample were a loss, the drop is at most r <= max_drop
+    q0 = 0.5 + max_drop / (2.0 * r_max)
+    return binom_cdf(n_plus, m, q0) <= (1.0 - R_SHARE) * delta
+
+
+def drop_upper_bound(n_plus: int, n_minus: int, n: int, delta: float, tol: float = 1e-5) -> float:
+    """Smallest EPS (fraction) that :func:`reject_drop_above` certifies: a (1 - delta) upper bound on the drop."""
+    lo, hi = -1.0, 1.0
+    if reject_drop_above(n_plus, n_minus, n, lo, delta):
+        return lo
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if reject_drop_above(n_plus, n_minus, n, mid, delta):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 @dataclass
@@ -101,7 +138,8 @@ def learn_then_test(
     *,
     path_fraction: float = 0.3,
     seed: int = 0,
-    num_candidates: int = 48,
+    num_candidates: int = 50,
+    path_span: float = 2.0,
     **kw: Any,
 ) -> RiskResult:
     """Thresholds with P(population drop <= max_drop) >= 1 - delta over the draw of ``prob``."""
@@ -116,17 +154,23 @@ def learn_then_test(
         raise ValueError(f"risk control needs more calibration samples than {prob.n}")
     path_p = prob.subset(perm[:n_path])
     test_p = prob.subset(perm[n_path:])
-    # candidates: the Lagrangian path on the first part, ordered by its estimated drop there
-    sols = lagrangian_path(path_p, num=num_candidates, **kw)
-    cands: list[tuple[float, float, np.ndarray]] = []
-    seen: set[bytes] = set()
-    for s in sols:
-        key = s.thresholds.tobytes()
+    # candidates: a smooth path on the first part, from "never exit early" to the reference
+    ref = min_cost(path_p, path_span * max_drop, **kw).thresholds
+    sequence = [never_exit(prob.num_nodes)]
+    seen: set[bytes] = {sequence[0].tobytes()}
+    for a in np.linspace(0.0, 1.0, num_candidates + 1)[1:]:
+        th = ref.copy()
+        for i in range(prob.num_nodes - 1):
+            col = path_p.scores[:, i]
+            share = float((col >= ref[i]).mean())
+            if share <= 0.0:
+                continue
+            # the threshold passing the top a * share of the path samples at node i
+            th[i] = float(np.quantile(col, 1.0 - a * share, method="higher"))
+        key = th.tobytes()
         if key not in seen:
             seen.add(key)
-            cands.append((s.drop, -s.rel_cost, s.thresholds))
-    cands.sort(key=lambda c: (c[0], c[1]))
-    sequence = [never_exit(prob.num_nodes)] + [c[2] for c in cands]
+            sequence.append(th)
     n = test_p.n
     rows = np.arange(n)
     last_ok = test_p.correct[:, -1]
@@ -143,11 +187,12 @@ def learn_then_test(
         ok = test_p.correct[rows, ex]
         n_plus = int((~ok & last_ok).sum())
         n_minus = int((ok & ~last_ok).sum())
-        ub = drop_upper_bound(n_plus, n_minus, n, delta)
+        ok_k = reject_drop_above(n_plus, n_minus, n, max_drop, delta)
         cost = float(test_p.cost[ex].mean())
-        log.append({"n_plus": n_plus, "n_minus": n_minus, "bound": ub, "rel_cost": cost})
-        if ub > max_drop:
+        log.append({"n_plus": n_plus, "n_minus": n_minus, "certified": ok_k, "rel_cost": cost})
+        if not ok_k:
             break
+        ub = drop_upper_bound(n_plus, n_minus, n, delta)
         certified += 1
         if cost < chosen_cost:
             chosen, chosen_cost, chosen_bound = th, cost, ub

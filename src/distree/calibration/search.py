@@ -148,11 +148,14 @@ def polish(
     *,
     max_sweeps: int = 8,
     max_candidates: int | None = 256,
+    max_cost: float | None = None,
 ) -> np.ndarray:
     """Spend the slack left under ``max_drop``: per node, the cheapest threshold keeping the drop feasible.
 
     Lagrangian solutions lie on the convex hull of the cost/accuracy trade-off; this exact
-    constrained coordinate step reaches points between them.
+    constrained coordinate step reaches points between them. With ``max_cost`` (mean relative
+    FLOPs) the roles swap: per node, the most accurate threshold within that budget
+    (``max_drop`` is then ignored).
     """
     th = np.array(thresholds, dtype=np.float64)
     nn_ = prob.num_nodes
@@ -160,6 +163,7 @@ def polish(
     rows = np.arange(n)
     err = (~prob.correct).astype(np.float64)
     budget = (max_drop + prob.base_err) * n + 1e-9  # allowed number of errors
+    cost_cap = None if max_cost is None else max_cost * n + 1e-9
     for _ in range(max_sweeps):
         changed = False
         for i in range(nn_ - 1):
@@ -180,14 +184,21 @@ def polish(
             if pos.size == 0:
                 continue
             cost_k = base_cost + np.cumsum(c_exit - c_cont[order])[pos]
-            err_k = base_err + np.cumsum(e_exit - e_cont[order])[pos]
-            ok = err_k <= budget
-            best_cost, best_t = cur_cost, th[i]
-            if ok.any():
-                k = int(np.argmin(np.where(ok, cost_k, np.inf)))
-                if cost_k[k] < best_cost - 1e-9:
-                    best_cost, best_t = cost_k[k], float(cand[k])
-            if base_err <= budget and base_cost < best_cost - 1e-9:
+            err_k = base_err + np.cumsum(e_exit[order] - e_cont[order])[pos]
+            if cost_cap is not None:
+                # minimise errors (then cost) within the FLOPs cap
+                key_k = np.where(cost_k <= cost_cap, err_k + 1e-9 * cost_k / n, np.inf)
+                best_key = cur_err + 1e-9 * cur_cost / n if cur_cost <= cost_cap else np.inf
+                base_key = base_err + 1e-9 * base_cost / n if base_cost <= cost_cap else np.inf
+            else:
+                key_k = np.where(err_k <= budget, cost_k, np.inf)
+                best_key = cur_cost if cur_err <= budget else np.inf
+                base_key = base_cost if base_err <= budget else np.inf
+            best_t = th[i]
+            k = int(np.argmin(key_k))
+            if key_k[k] < best_key - 1e-12:
+                best_key, best_t = key_k[k], float(cand[k])
+            if base_key < best_key - 1e-12:
                 best_t = np.inf
             if best_t != th[i]:
                 th[i] = best_t
@@ -261,14 +272,82 @@ def max_accuracy(prob: Problem, budget: float, *, iters: int = 28, **kw) -> Solu
     return best
 
 
-def lagrangian_path(prob: Problem, num: int = 48, **kw) -> list[Solution]:
-    """Solutions for a geometric grid of multipliers, from accurate (large lam) to cheap (small lam)."""
-    out: list[Solution] = []
+def lagrangian_path(
+    prob: Problem, num: int = 48, *, max_points: int | None = None, cost_gap: float = 0.01, **kw
+) -> list[Solution]:
+    """Solutions from accurate (large multiplier) to cheap (small), refined where they jump.
+
+    Starts from ``num`` multipliers spaced geometrically over [LAM_LO, LAM_HI], then bisects (in
+    log space) every pair of neighbours whose mean relative cost differs by more than
+    ``cost_gap``, up to ``max_points`` solutions (default ``4 * num``).
+    """
+    max_points = 4 * num if max_points is None else max_points
+    lams = list(np.geomspace(LAM_HI, LAM_LO, num))
+    sols: list[Solution] = []
     init = None
-    for lam in np.geomspace(LAM_HI, LAM_LO, num):
+    for lam in lams:
         sol = _solve(prob, float(lam), init, **kw)
         init = sol.thresholds
-        out.append(sol)
+        sols.append(sol)
+    for _ in range(8):
+        if len(sols) >= max_points:
+            break
+        new: list[Solution] = [sols[0]]
+        added = 0
+        for a, b in zip(sols[:-1], sols[1:], strict=True):
+            if abs(a.rel_cost - b.rel_cost) > cost_gap and len(sols) + added < max_points:
+                lam = float(np.sqrt(a.lam * b.lam))
+                new.append(_solve(prob, lam, a.thresholds, **kw))
+                added += 1
+            new.append(b)
+        sols = new
+        if not added:
+            break
+    return sols
+
+
+def constrained_path(prob: Problem, max_drops: np.ndarray | list[float], **kw) -> list[Solution]:
+    """One threshold vector per accuracy-drop target (fractions, ascending), cheapest found for each.
+
+    For each target the candidates are the previous target's solution and the best feasible
+    Lagrangian solution, both polished (:func:`polish`) to the target; the cheaper one is kept.
+    Because every solution is feasible for the next (larger) target, costs fall monotonically.
+    """
+    targets = np.asarray(max_drops, dtype=np.float64)
+    if targets.size and np.any(np.diff(targets) < 0):
+        raise ValueError("accuracy-drop targets must be ascending")
+    mc = kw.get("max_candidates", 256)
+    lag = lagrangian_path(prob, **kw)
+    prev = never_exit(prob.num_nodes)
+    out: list[Solution] = []
+    for t in targets:
+        feas = [s for s in lag if s.drop <= t + 1e-12]
+        cands = [polish(prob, prev, float(t), max_candidates=mc)]
+        if feas:
+            cands.append(polish(prob, min(feas, key=lambda s: s.rel_cost).thresholds, float(t), max_candidates=mc))
+        evals = [(prob.evaluate(c), c) for c in cands]
+        (c, d), th = min(evals, key=lambda e: e[0][0])
+        prev = th
+        out.append(Solution(th, c, d, float("nan")))
+    return out
+
+
+def budget_path(prob: Problem, budgets: np.ndarray | list[float], **kw) -> list[Solution]:
+    """Greedy path of threshold vectors for descending FLOPs budgets, each warm-started from the last.
+
+    Each step exits a few more samples than the one before, where they cost the fewest errors:
+    a smooth, conservative-to-cheap sequence for fixed-sequence testing.
+    """
+    bs = np.asarray(budgets, dtype=np.float64)
+    if bs.size and np.any(np.diff(bs) > 0):
+        raise ValueError("budgets must be descending")
+    mc = kw.get("max_candidates", 256)
+    th = never_exit(prob.num_nodes)
+    out: list[Solution] = []
+    for b in bs:
+        th = polish(prob, th, 0.0, max_candidates=mc, max_cost=float(b))
+        c, d = prob.evaluate(th)
+        out.append(Solution(th.copy(), c, d, float("nan")))
     return out
 
 

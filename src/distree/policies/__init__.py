@@ -21,6 +21,7 @@ from .registry import (
 )
 
 __all__ = [
+    "DEFAULT_PARAMS",
     "DEFAULT_POLICY",
     "create_default_policy",
     "Decision",

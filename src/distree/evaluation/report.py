@@ -1,0 +1,176 @@
+"""Evaluation report: per-policy figures on a test trace, Pareto sweeps, markdown + JSON + PNG."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..policies.base import ExitPolicy
+from ..trace.format import Trace
+from .metrics import Metrics, last_exit_metrics
+from .pareto import SweepPoint, pareto_sweep
+from .scoring import check_compatible, evaluate_policy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyResult:
+    label: str
+    policy: ExitPolicy
+    metrics: Metrics
+    sweep: list[SweepPoint] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "policy": self.policy.to_dict(),
+            "metrics": self.metrics.to_dict(),
+            "sweep": [p.to_dict() for p in self.sweep],
+        }
+
+
+@dataclass
+class Report:
+    trace_meta: dict[str, Any]
+    last_exit: Metrics
+    results: list[PolicyResult]
+    sweep_fit: str  # which trace the sweeps' thresholds were fitted on
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trace": self.trace_meta,
+            "last_exit": self.last_exit.to_dict(),
+            "sweep_fit": self.sweep_fit,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def build_report(
+    trace: Trace, policies: list[tuple[str, ExitPolicy]], *, fit_trace: Trace | None = None, sweep: bool = True
+) -> Report:
+    """Score each (label, policy) on ``trace``; sweep thresholds fitted on ``fit_trace`` (default: ``trace``)."""
+    if not policies:
+        raise ValueError("nothing to evaluate: name policies (--policies) or give policy files (--policy-files)")
+    if fit_trace is not None and fit_trace.num_nodes != trace.num_nodes:
+        raise ValueError(
+            f"the sweep trace has {fit_trace.num_nodes} exits but the evaluation trace has {trace.num_nodes}"
+        )
+    results = []
+    for label, pol in policies:
+        check_compatible(pol, trace)
+        m = evaluate_policy(pol, trace)
+        pts = pareto_sweep(pol, trace, fit_trace) if sweep else []
+        results.append(PolicyResult(label, pol, m, pts))
+    meta = {k: v for k, v in trace.meta.items() if k != "classes"}
+    meta["num_samples"] = trace.num_samples
+    return Report(
+        meta,
+        last_exit_metrics(trace.correct, trace.cost),
+        results,
+        "validation trace" if fit_trace is not None else "evaluation trace (in-sample)",
+    )
+
+
+def _th(p: ExitPolicy) -> str:
+    return ", ".join("inf" if not np.isfinite(t) else f"{t:.3g}" for t in p.thresholds[:-1]) or "-"
+
+
+def markdown_table(rep: Report) -> str:
+    n = rep.last_exit.num_samples
+    lines = [
+        f"Trace: {rep.trace_meta.get('dataset', '?')} / {rep.trace_meta.get('split', '?')}, {n} samples, "
+        f"model {rep.trace_meta.get('model', '?')}, checkpoint {rep.trace_meta.get('checkpoint', '?')}.",
+        f"Last exit: accuracy {100 * rep.last_exit.accuracy:.2f}%, {rep.last_exit.last_exit_flops / 1e6:.2f} MFLOPs "
+        "per request (all segments + the final head).",
+        "",
+        "| policy | accuracy % | drop pp | rel. FLOPs | saving % | KiB sent / req | exits per node % | thresholds |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rep.results:
+        m = r.metrics
+        name = r.label + ("" if r.policy.deployable else " (not deployable)")
+        hist = " / ".join(f"{100 * h:.1f}" for h in m.exit_hist)
+        lines.append(
+            f"| {name} | {100 * m.accuracy:.2f} | {m.drop_pp:+.2f} | {m.rel_flops:.3f} | {100 * m.saving:.1f} | "
+            f"{m.mean_bytes / 1024:.1f} | {hist} | {_th(r.policy)} |"
+        )
+    lines += [
+        "",
+        "FLOPs count the segments run plus every exit head evaluated on the way; savings are against last-exit "
+        "inference (all segments, final head only).",
+    ]
+    if any(r.sweep for r in rep.results):
+        lines.append(f"Pareto sweeps: thresholds fitted on the {rep.sweep_fit}, scored on this trace.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(rep: Report, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    for r in rep.results:
+        if r.policy.name in ("oracle", "last-exit"):
+            continue
+        if r.sweep:
+            xs = [p.rel_flops for p in r.sweep]
+            ys = [100 * p.accuracy for p in r.sweep]
+            (line,) = ax.plot(xs, ys, "-", lw=1.3, alpha=0.9, label=r.label)
+            color = line.get_color()
+        else:
+            color = None
+        ax.plot(
+            r.metrics.rel_flops,
+            100 * r.metrics.accuracy,
+            "o",
+            ms=6,
+            color=color,
+            markeredgecolor="black",
+            label=None if r.sweep else r.label,
+        )
+    for r in rep.results:
+        if r.policy.name == "oracle":
+            ax.plot(
+                r.metrics.rel_flops,
+                100 * r.metrics.accuracy,
+                "*",
+                ms=14,
+                color="gold",
+                markeredgecolor="black",
+                label=f"{r.label} (not deployable)",
+            )
+    le = rep.last_exit
+    ax.plot(1.0, 100 * le.accuracy, "X", ms=11, color="black", label="last exit")
+    ax.axhline(100 * le.accuracy - 0.5, color="grey", lw=0.8, ls=":", label="last exit - 0.5 pp")
+    ax.set_xlabel("mean FLOPs relative to last exit")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{rep.trace_meta.get('dataset', '')} {rep.trace_meta.get('split', '')}: accuracy vs compute")
+    lo = min([100 * le.accuracy - 6] + [100 * r.metrics.accuracy - 1 for r in rep.results])
+    ax.set_ylim(bottom=max(lo, 0))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``report.json`` and ``pareto.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "report.md"
+    md.write_text(markdown_table(rep))
+    js = out / "report.json"
+    js.write_text(json.dumps(rep.to_dict(), indent=1, default=float))
+    png = plot_pareto(rep, out / "pareto.png")
+    return {"markdown": md, "json": js, "plot": png}
