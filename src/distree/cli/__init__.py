@@ -23,7 +23,9 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 # Each module registers its subcommands on ``app``.
+from . import calibrate as _calibrate  # noqa: E402,F401
 from . import demo as _demo  # noqa: E402,F401
+from . import evaluate as _evaluate  # noqa: E402,F401
 from . import netem as _netem  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 from . import trace as _trace  # noqa: E402,F401

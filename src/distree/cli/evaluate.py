@@ -1,0 +1,66 @@
+"""``distree evaluate``: score policies offline on a test trace; table, JSON and Pareto plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from ._common import console, fail, guarded
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    trace: Path = typer.Option(..., help="Evaluation trace (test split)."),
+    policies: str = typer.Option(
+        "all", help="Comma-separated policy names, 'all' (every policy) or 'none' (only --policy-files)."
+    ),
+    policy_files: list[Path] = typer.Option(None, help="Calibrated policy files (repeatable)."),
+    val_trace: Path | None = typer.Option(
+        None, help="Validation trace: calibrates named policies without a file, and fits the Pareto sweeps."
+    ),
+    max_accuracy_drop: float = typer.Option(0.5, help="Target (pp) when calibrating named policies on --val-trace."),
+    sweep: bool = typer.Option(True, help="Pareto sweeps of every tunable policy."),
+    out: Path = typer.Option(..., help="Output folder: report.md, report.json, pareto.png."),
+) -> None:
+    """Accuracy, drop vs last exit, FLOPs saving, bytes, exit histogram and Pareto curves per policy."""
+    from ..calibration import calibrate
+    from ..evaluation.report import build_report, write_report
+    from ..policies import DEFAULT_PARAMS, DEFAULT_POLICY, create_policy, list_policies, load_policy
+    from ..trace import TraceError, load_trace
+
+    test = guarded(lambda: load_trace(trace), TraceError)
+    val = guarded(lambda: load_trace(val_trace), TraceError) if val_trace is not None else None
+    if test.meta.get("split") == "val" and val is not None:
+        console.print("[yellow]warning:[/] --trace is a validation trace; evaluate on the test split")
+    entries = []
+    for f in policy_files or []:
+        p = guarded(lambda f=f: load_policy(f))
+        entries.append((f.stem, p))
+    covered = {p.name for _, p in entries}
+    if policies == "all":
+        names = list_policies()
+    elif policies == "none":
+        names = []
+    else:
+        names = [n.strip() for n in policies.split(",") if n.strip()]
+        unknown = [n for n in names if n not in list_policies()]
+        if unknown:
+            fail(f"unknown policy {', '.join(unknown)}; available: {', '.join(list_policies())}")
+    for n in names:
+        if n in covered:
+            continue
+        pol = guarded(lambda n=n: create_policy(n, test.num_nodes, **(DEFAULT_PARAMS if n == DEFAULT_POLICY else {})))
+        if pol.tunable:
+            if val is None:
+                fail(
+                    f"policy {n!r} has no policy file and needs calibrating: pass --val-trace VAL "
+                    f"(or --policy-files from `distree calibrate`, or --policies with only untuned ones)"
+                )
+            pol = guarded(lambda pol=pol: calibrate(pol, val, max_drop_pp=max_accuracy_drop))
+        entries.append((n, pol))
+    rep = guarded(lambda: build_report(test, entries, fit_trace=val, sweep=sweep))
+    paths = write_report(rep, out)
+    console.print(paths["markdown"].read_text())
+    console.print(f"report: {paths['markdown']}, {paths['json']}, {paths['plot']}")
