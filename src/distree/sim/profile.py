@@ -1,0 +1,125 @@
+"""Device profiles: time each segment and exit head of a checkpoint on this machine.
+
+The JSON profile (format ``distree-device-profile/1``) holds, per node, the median seconds of the
+segment (``segment_s``), of the exit head (``exit_s``) and of both (``node_s``) at batch 1, the
+implied FLOP/s, and the batch scaling ``batch_marginal`` (extra time per extra row, relative to
+batch 1, fitted between batch 1 and the largest batch timed). Scenarios use it either as seconds
+per node (same model) or as FLOP/s (another model on the same device).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .scenario import PROFILE_FORMAT
+
+log = logging.getLogger(__name__)
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(statistics.median(ts))
+
+
+def profile_device(
+    checkpoint: str | Path,
+    *,
+    repeats: int = 30,
+    warmup: int = 5,
+    batch_sizes: Sequence[int] = (1, 8),
+    threads: int | None = None,
+    progress: Callable[[int, int], Any] | None = None,
+) -> dict[str, Any]:
+    """Measure a checkpoint's per-node compute time on this machine (CPU). Returns the profile dict."""
+    import torch
+
+    from ..checkpoint import load_checkpoint
+
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    bs = sorted({int(b) for b in batch_sizes} | {1})
+    if bs[0] < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        torch.set_num_threads(int(threads))
+    model, meta = load_checkpoint(checkpoint)
+    model.eval()
+    cost = model.cost_profile()
+    n = model.num_nodes
+    total_steps = n * (2 + len(bs) - 1)
+    step = 0
+    seg_s: list[float] = []
+    exit_s: list[float] = []
+    batch_node_s: dict[int, list[float]] = {b: [] for b in bs}
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        inputs = {b: torch.randn((b, *model.input_shape), generator=gen) for b in bs}
+        for i in range(n):
+            h = inputs[1]
+            seg = model.segments[i]
+            head = model.exits[i]
+            out = seg(h)
+            seg_s.append(_median_time(lambda seg=seg, h=h: seg(h), repeats, warmup))
+            exit_s.append(_median_time(lambda head=head, out=out: head(out), repeats, warmup))
+            step += 2
+            if progress is not None:
+                progress(step, total_steps)
+            batch_node_s[1].append(seg_s[-1] + exit_s[-1])
+            for b in bs[1:]:
+                hb = inputs[b]
+                batch_node_s[b].append(
+                    _median_time(lambda hb=hb, seg=seg, head=head: head(seg(hb)), max(3, repeats // 4), warmup)
+                )
+                inputs[b] = seg(hb)
+                step += 1
+                if progress is not None:
+                    progress(step, total_steps)
+            inputs[1] = out
+    node_s = [s + e for s, e in zip(seg_s, exit_s, strict=True)]
+    flops = [float(a + b) for a, b in zip(cost.segment_flops, cost.exit_flops, strict=True)]
+    bmax = bs[-1]
+    marginal = (
+        [max(0.0, (batch_node_s[bmax][i] / node_s[i] - 1.0) / (bmax - 1)) for i in range(n)] if bmax > 1 else None
+    )
+    prof: dict[str, Any] = {
+        "format": PROFILE_FORMAT,
+        "checkpoint": str(checkpoint),
+        "model": meta.get("model"),
+        "model_args": meta.get("model_args", {}),
+        "num_nodes": n,
+        "segment_flops": list(cost.segment_flops),
+        "exit_flops": list(cost.exit_flops),
+        "segment_s": seg_s,
+        "exit_s": exit_s,
+        "node_s": node_s,
+        "flops_per_s": [f / max(t, 1e-12) for f, t in zip(flops, node_s, strict=True)],
+        "batch_sizes": bs,
+        "batch_node_s": {str(b): v for b, v in batch_node_s.items()},
+        "repeats": repeats,
+        "warmup": warmup,
+        "host": {
+            "node": platform.node(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    if marginal is not None:
+        prof["batch_marginal"] = marginal
+    return prof
