@@ -279,6 +279,10 @@ class KernelLink(Link):
         return (self.a.name, self.dev_a) if direction == "forward" else (self.b.name, self.dev_b)
 
     def _setup(self) -> None:
+        # gso_max_segs 1: the stack hands the qdiscs MTU-sized packets, not 64 KB GSO bursts, so
+        # rate shaping is smooth and a packet queued at a high rate never outgrows tbf's burst
+        # after the rate drops (which would stall the queue for good)
+        gso = ["gso_max_segs", "1"]
         run(
             [
                 "ip",
@@ -287,6 +291,7 @@ class KernelLink(Link):
                 "link",
                 "add",
                 self.dev_a,
+                *gso,
                 "type",
                 "veth",
                 "peer",
@@ -294,6 +299,7 @@ class KernelLink(Link):
                 self.dev_b,
                 "netns",
                 self.b.name,
+                *gso,
             ]
         )
         self._configure_addresses()
@@ -311,8 +317,8 @@ class KernelLink(Link):
         rate_bps = None if p.rate_mbit is None else max(p.rate_mbit, KERNEL_MIN_RATE_MBIT) * 1e6
         tbf: tuple[str, ...] = ()
         if rate_bps is not None:
-            burst = max(3200, int(rate_bps / 8 * 0.004))  # >= 2 MTUs, or 4 ms worth of bytes
-            limit = int(p.queue_packets) * 1514 + burst
+            burst = max(2 * (self.chain.mtu + 14), int(rate_bps / 8 * 0.004))  # >= 2 frames, or 4 ms worth
+            limit = int(p.queue_packets) * (self.chain.mtu + 14) + burst
             tbf = ("tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "limit", str(limit))
         if not p.needs_netem:
             return [(("root", "handle", "1:"), tbf)]
