@@ -50,7 +50,10 @@ def _pid_is_node(pid: int) -> bool:
 
 
 class LocalCluster:
-    """Node processes of one spec on this machine. Use as a context manager: always stopped on exit."""
+    """Node processes of one spec on this machine. Use as a context manager: always stopped on exit.
+
+    ``cpus``: optional CPU affinity per node (``{k: {core, ...}}``), e.g. one core per node.
+    """
 
     def __init__(
         self,
@@ -59,8 +62,10 @@ class LocalCluster:
         log_dir: str | Path | None = None,
         json_logs: bool = True,
         env: dict[str, str] | None = None,
+        cpus: dict[int, set[int]] | None = None,
     ) -> None:
         self.spec = spec
+        self.cpus = cpus or {}
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.json_logs = json_logs
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(spec.threads), **(env or {})}
@@ -85,6 +90,8 @@ class LocalCluster:
             start_new_session=True,
         )
         self.procs[k] = p
+        if k in self.cpus:
+            os.sched_setaffinity(p.pid, self.cpus[k])
         self._write_pids()
         return p
 
@@ -196,3 +203,20 @@ def stop_from_pid_file(spec: ClusterSpec, timeout_s: float = 15.0) -> dict[int, 
             result[k] = "stopped"
     f.unlink(missing_ok=True)
     return result
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports that were free a moment ago on ``host``."""
+    import socket
+
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports

@@ -209,6 +209,9 @@ class NodeCore:
         self.max_delay = spec.batching.max_queue_delay_ms / 1000.0
         self.metrics = NodeMetrics(k)
         self.est_compute = Ewma(0.2)
+        self.est_pure = Ewma(0.2)  # real compute seconds per batch, before speed emulation
+        self.est_rows = Ewma(0.2, default=1.0)
+        self.inline_max_s = spec.inline_compute_ms / 1000.0
         self.est_queue = Ewma(0.2)
         self.est_hop = Ewma(0.2, default=0.001)
         self.est_next = Ewma(0.2)
@@ -242,10 +245,18 @@ class NodeCore:
         x = np.zeros((1, *self.in_shape), dtype=np.float32)
         times = [self._compute(x)[3] for _ in range(3)]
         c = min(times)
+        self.est_pure.default = c
         if self.speed is not None:
             c = float(self.speed.stretch(0.0, c))
         self.est_compute.default = c
         self.est_next.default = c  # until the successor tells its own (see _seed)
+
+    def inline_compute(self, rows: int) -> bool:
+        """Compute on the event loop (no thread hand-off) when it is short, else in the compute thread."""
+        mode = self.spec.compute_mode
+        if mode != "auto":
+            return mode == "inline"
+        return self.est_pure.value * max(1.0, rows / max(self.est_rows.value, 1.0)) <= self.inline_max_s
 
     def est_continue(self) -> float:
         """Estimated seconds from now until the successor's answer for a row forwarded now."""
@@ -372,13 +383,18 @@ class NodeCore:
             c.queue_s = t_start - c.t_in
             self.metrics.queue_s.observe(c.queue_s)
             self.est_queue.update(c.queue_s)
-        h, logits, feats, real = await loop.run_in_executor(self.pool, self._compute, x)
+        if self.inline_compute(nb_rows := len(ids)):
+            h, logits, feats, real = self._compute(x)
+        else:
+            h, logits, feats, real = await loop.run_in_executor(self.pool, self._compute, x)
+        self.est_pure.update(real)
+        self.est_rows.update(nb_rows)
         if self.speed is not None:
             extra = float(self.speed.stretch(t_start - self.t0, real)) - real
             if extra > 0:
                 await asyncio.sleep(extra)
         now = time.monotonic()
-        nb = len(ids)
+        nb = nb_rows
         has_deadline = bool(np.isfinite(deadline).any())
         inp = ExitInputs(node=self.k - 1, logits=logits, features=feats, state=state)
         if has_deadline and not self.is_last:
@@ -527,6 +543,7 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
 
     async def Forward(self, request: node_pb2.ForwardRequest, context: grpc.aio.ServicerContext):  # noqa: N802
         core = self.core
+        t_in = time.monotonic()
         try:
             if core.k == 1:
                 raise BadTensor("node 1 takes requests over the Open Inference Protocol (ModelInfer), not Forward")
@@ -565,6 +582,7 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
             downstream_s=chunk.downstream_s,
             est_compute_s=core.est_compute.value,
             est_continue_s=core.est_continue(),
+            server_s=time.monotonic() - t_in,
         )
 
     async def Info(self, request: node_pb2.InfoRequest, context: grpc.aio.ServicerContext):  # noqa: N802

@@ -10,6 +10,8 @@ Example (paths are relative to the spec file)::
     forward_timeout_s = 30.0           # cap on a hop's gRPC timeout when a request has no deadline
     max_message_bytes = 67108864       # gRPC send/receive limit on every server and channel
     max_request_batch = 1024           # largest batch one ModelInfer call may carry
+    compute_mode = "auto"              # inline | thread | auto: inline when a batch takes <= inline_compute_ms
+    inline_compute_ms = 5.0
 
     [batching]                         # optional dynamic batching, per node
     max_batch_size = 8
@@ -83,6 +85,8 @@ class ClusterSpec:
     forward_timeout_s: float = 30.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
     max_request_batch: int = 1024
+    compute_mode: str = "auto"
+    inline_compute_ms: float = 5.0
     batching: BatchingSpec = field(default_factory=BatchingSpec)
     tls: TLSSpec | None = None
 
@@ -240,6 +244,8 @@ def parse_spec(data: dict[str, Any], path: str | Path = "<memory>", *, check_fil
         forward_timeout_s=_typed(where, data, "forward_timeout_s", float, 30.0),
         max_message_bytes=_typed(where, data, "max_message_bytes", int, DEFAULT_MAX_MESSAGE),
         max_request_batch=_typed(where, data, "max_request_batch", int, 1024),
+        compute_mode=_typed(where, data, "compute_mode", str, "auto"),
+        inline_compute_ms=_typed(where, data, "inline_compute_ms", float, 5.0),
         batching=batching,
         tls=tls,
     )
@@ -249,6 +255,8 @@ def parse_spec(data: dict[str, Any], path: str | Path = "<memory>", *, check_fil
         raise SpecError(f"{where}: need return_margin_ms >= 0 and forward_timeout_s > 0")
     if spec.max_message_bytes < 1024 or spec.max_request_batch < 1:
         raise SpecError(f"{where}: need max_message_bytes >= 1024 and max_request_batch >= 1")
+    if spec.compute_mode not in ("auto", "inline", "thread"):
+        raise SpecError(f"{where}: compute_mode must be 'auto', 'inline' or 'thread', got {spec.compute_mode!r}")
     if not spec.model_name or "/" in spec.model_name:
         raise SpecError(f"{where}: model_name must be a non-empty name without '/', got {spec.model_name!r}")
     return spec
@@ -283,3 +291,37 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ClusterSpec:
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{p} is not valid TOML: {e}") from e
     return parse_spec(data, p, check_files=check_files)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def spec_toml(
+    checkpoint: str | Path,
+    policy: str | Path,
+    nodes: list[dict[str, Any]],
+    *,
+    batching: dict[str, Any] | None = None,
+    tls: dict[str, Any] | None = None,
+    **options: Any,
+) -> str:
+    """TOML text of a cluster spec (the inverse of :func:`parse_spec`, for tools and tests)."""
+    lines = [f"checkpoint = {_toml_value(checkpoint)}", f"policy = {_toml_value(policy)}"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in options.items()]
+    for name, table in (("batching", batching), ("tls", tls)):
+        if table:
+            lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    for n in nodes:
+        lines += ["", "[[nodes]]"] + [f"{k} = {_toml_value(v)}" for k, v in n.items()]
+    return "\n".join(lines) + "\n"

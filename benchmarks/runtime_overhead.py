@@ -1,0 +1,398 @@
+"""Overhead of the distributed runtime, measured in one run against its own floors.
+
+Prints, for WRN-16-2 (transport dominates) and a larger WRN (compute dominates), 4 nodes on loopback,
+last-exit policy (every request runs every node), batch 1:
+
+1. per hop: node-to-node forward time (round trip of the Forward call minus the callee's compute and
+   downstream time, so it holds both ends' serialisation, queueing and the answer's way back) divided
+   by a bare grpc.aio unary call carrying the same bytes between two processes (the transport floor).
+   Target <= 1.2.
+2. end to end: client latency divided by (in-process sequential execution of the same segments and
+   exits + the sum of the bare floors of the chain's hops, client->node 1 included). Target <= 1.15.
+   Also the plain ratio to in-process execution.
+3. pipelined throughput under concurrent load divided by the slowest node's solo rate (1 / its median
+   compute time per request). Target >= 0.8 with the nodes on separate cores where the machine has them.
+4. where network namespaces work (distree.netem): latency over shaped links divided by
+   compute + bytes / bandwidth + delay. Target within 10 %.
+
+Usage: python benchmarks/runtime_overhead.py [--requests 300] [--large wrn-16-8] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+from distree.checkpoint import save_checkpoint
+from distree.models import create_model
+from distree.policies import create_policy
+from distree.runtime import ClusterClient, LocalCluster, load_spec, node_info
+from distree.runtime.cluster import free_ports
+from distree.runtime.spec import spec_toml
+
+BARE_SERVICE = "/bare.Echo/Call"
+ANSWER_BYTES = 100  # about the size of one row's answer (10 probabilities + ids)
+OPTS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+
+
+# ---------------------------------------------------------------------------- transport floor
+async def _bare_server(port: int) -> None:
+    server = grpc.aio.server(options=OPTS)
+    reply = b"a" * ANSWER_BYTES
+
+    async def call(req: bytes, ctx) -> bytes:
+        return reply
+
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bare.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)}),)
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def _bare_aio(addr: str, nbytes: int, n: int) -> list[float]:
+    payload = os.urandom(nbytes)
+    async with grpc.aio.insecure_channel(addr, options=OPTS) as ch:
+        call = ch.unary_unary(BARE_SERVICE)
+        out = []
+        for i in range(n + 20):
+            t = time.perf_counter()
+            await call(payload, timeout=10)
+            if i >= 20:
+                out.append(time.perf_counter() - t)
+    return out
+
+
+def _bare_sync(addr: str, nbytes: int, n: int) -> list[float]:
+    payload = os.urandom(nbytes)
+    with grpc.insecure_channel(addr, options=OPTS) as ch:
+        call = ch.unary_unary(BARE_SERVICE)
+        out = []
+        for i in range(n + 20):
+            t = time.perf_counter()
+            call(payload, timeout=10)
+            if i >= 20:
+                out.append(time.perf_counter() - t)
+    return out
+
+
+class BareFloor:
+    """A bare grpc.aio echo server in its own process; RTT medians per payload size."""
+
+    def __init__(self, cpu: set[int] | None = None) -> None:
+        self.port = free_ports(1)[0]
+        self.proc = subprocess.Popen([sys.executable, __file__, "--bare-server", str(self.port)])
+        if cpu:
+            os.sched_setaffinity(self.proc.pid, cpu)
+        self.addr = f"127.0.0.1:{self.port}"
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                with grpc.insecure_channel(self.addr) as ch:
+                    grpc.channel_ready_future(ch).result(timeout=1)
+                return
+            except grpc.FutureTimeoutError:
+                time.sleep(0.1)
+        raise RuntimeError("bare echo server did not start")
+
+    def aio(self, nbytes: int, n: int) -> float:
+        return float(np.median(asyncio.run(_bare_aio(self.addr, nbytes, n))))
+
+    def sync(self, nbytes: int, n: int) -> float:
+        return float(np.median(_bare_sync(self.addr, nbytes, n)))
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+# ---------------------------------------------------------------------------- setup
+def make_cluster_files(model_name: str, tmp: Path, *, speeds: list[float] | None = None) -> Path:
+    """Untrained (random) weights are enough for timing. Returns the spec path."""
+    torch.manual_seed(0)
+    model = create_model(model_name, num_nodes=4, num_classes=10)
+    ck = save_checkpoint(
+        model,
+        tmp / model_name,
+        classes=[str(i) for i in range(10)],
+        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+    )
+    pol = create_policy("last-exit", 4).save(tmp / "last-exit.json")
+    ports = free_ports(4)
+    spec = tmp / f"{model_name}.toml"
+    spec.write_text(spec_toml(ck, pol, [{"address": f"127.0.0.1:{p}"} for p in ports], threads=1))
+    return spec
+
+
+@torch.no_grad()
+def in_process_s(model_name: str, n: int) -> tuple[float, list[float]]:
+    """Median time of sequential segment+exit execution at batch 1 (and per node)."""
+    torch.manual_seed(0)
+    model = create_model(model_name, num_nodes=4, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    per = [[] for _ in range(4)]
+    for i in range(n + 10):
+        h = x
+        for k in range(4):
+            t = time.perf_counter()
+            h, _ = model.forward_segment(k, h)
+            if i >= 10:
+                per[k].append(time.perf_counter() - t)
+    per_med = [float(np.median(p)) for p in per]
+    totals = np.sum(np.asarray(per), axis=0)
+    return float(np.median(totals)), per_med
+
+
+def machine() -> str:
+    name = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name or platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def pinning(n_nodes: int) -> tuple[dict[int, set[int]] | None, set[int] | None, str]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= n_nodes + 2:
+        return (
+            {k: {cpus[k]} for k in range(1, n_nodes + 1)},
+            {cpus[0]},
+            f"nodes pinned to cores {cpus[1 : n_nodes + 1]}, client on core {cpus[0]}",
+        )
+    return None, None, f"not pinned: {len(cpus)} CPUs for {n_nodes} nodes + client (needs {n_nodes + 2})"
+
+
+# ---------------------------------------------------------------------------- measurements
+def measure_model(
+    model_name: str,
+    tmp: Path,
+    n: int,
+    bare: BareFloor,
+    *,
+    concurrency: int,
+    n_load: int,
+    cpus: dict[int, set[int]] | None,
+) -> dict:
+    spec_path = make_cluster_files(model_name, tmp)
+    spec = load_spec(spec_path)
+    model = create_model(model_name, num_nodes=4, num_classes=10)
+    cost = model.cost_profile()
+    inproc, per_node = in_process_s(model_name, n)
+    hop_bytes = [cost.input_bytes, *cost.hop_bytes]
+    floors_aio = [bare.aio(b, n) for b in hop_bytes]
+    floor_client = bare.sync(cost.input_bytes, n)
+    x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    res: dict = {"model": model_name, "hop_bytes": hop_bytes, "inproc_s": inproc, "inproc_per_node_s": per_node}
+    with LocalCluster(spec, cpus=cpus) as cluster:
+        cluster.start(timeout_s=180)
+        with ClusterClient(spec.nodes[0].address) as client:
+            for _ in range(30):
+                client.infer(x)
+            lat = []
+            for _ in range(n):
+                r = client.infer(x)
+                assert int(r.exit_node[0]) == 4, "last-exit must answer at node 4"
+                lat.append(r.latency_s)
+            infos = [json.loads(node_info(nd.address).stats_json) for nd in spec.nodes]
+            t = time.perf_counter()
+            out = client.infer_many([x] * n_load, concurrency=concurrency)
+            wall = time.perf_counter() - t
+            bad = [o for o in out if isinstance(o, grpc.RpcError)]
+            if bad:
+                raise RuntimeError(f"{len(bad)} requests failed under load: {bad[0]}")
+    hop = [infos[k]["hop_s"]["median"] for k in range(3)]
+    compute = [infos[k]["compute_s"]["median"] for k in range(4)]
+    e2e = float(np.median(lat))
+    floor_sum = floor_client + sum(floors_aio[1:])
+    res.update(
+        e2e_s=e2e,
+        hop_s=hop,
+        floors_aio_s=floors_aio,
+        floor_client_s=floor_client,
+        node_compute_s=compute,
+        ratio_hop=[hop[k] / floors_aio[k + 1] for k in range(3)],
+        ratio_e2e_floor=e2e / (inproc + floor_sum),
+        ratio_e2e_inproc=e2e / inproc,
+        throughput=n_load / wall,
+        slowest_solo=1.0 / max(compute),
+    )
+    res["ratio_throughput"] = res["throughput"] / res["slowest_solo"]
+    return res
+
+
+def measure_netem(tmp: Path, n: int, rate_mbit: float, delay_ms: float) -> dict | str:
+    try:
+        from distree.netem import NetnsChain, netem_available
+    except ImportError as e:
+        return f"distree.netem is not available ({e})"
+    ok, why = netem_available()
+    if not ok:
+        return f"network namespaces not usable here: {why}"
+    return _netem_run(NetnsChain, tmp, n, rate_mbit, delay_ms)
+
+
+def _netem_run(chain_cls, tmp: Path, n: int, rate_mbit: float, delay_ms: float) -> dict | str:
+    """4 nodes in 4 namespaces; every link shaped to ``rate_mbit`` and ``delay_ms`` one way."""
+    model_name = "wrn-16-2"
+    spec_path = make_cluster_files(model_name, tmp / "netem")
+    base = load_spec(spec_path)
+    inproc, _ = in_process_s(model_name, 50)
+    cost = create_model(model_name, num_nodes=4, num_classes=10).cost_profile()
+    with chain_cls(4) as chain:
+        addrs = [f"{chain.addr(k)}:7000" for k in range(1, 5)]
+        spec_path.write_text(spec_toml(base.checkpoint, base.policy, [{"address": a} for a in addrs], threads=1))
+        for k in range(3):
+            chain.link(k).shape(rate_mbit=rate_mbit, delay_ms=delay_ms)
+        procs = [
+            chain.node(k + 1).run(
+                [sys.executable, "-m", "distree", "serve", "--spec", str(spec_path), "--node", str(k + 1)]
+            )
+            for k in range(4)
+        ]
+        try:
+            from distree.runtime import wait_healthy
+
+            for a in addrs:
+                if not wait_healthy(a, timeout_s=120):
+                    return f"node at {a} did not become healthy inside its namespace"
+            x = np.zeros((1, 3, 32, 32), np.float32)
+            with ClusterClient(addrs[0]) as client:
+                for _ in range(5):
+                    client.infer(x)
+                lat = [client.infer(x).latency_s for _ in range(n)]
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(15)
+    wire = sum(b * 8 / (rate_mbit * 1e6) for b in cost.hop_bytes)
+    delays = 2 * 3 * delay_ms / 1000  # request and answer cross each of the 3 shaped links
+    model_s = inproc + wire + delays
+    e2e = float(np.median(lat))
+    return {"e2e_s": e2e, "model_s": model_s, "ratio": e2e / model_s, "rate_mbit": rate_mbit, "delay_ms": delay_ms}
+
+
+# ---------------------------------------------------------------------------- report
+def verdict(value: float, target: float, op: str) -> str:
+    ok = value <= target if op == "<=" else value >= target
+    return f"{'met' if ok else 'MISSED'} (target {op} {target})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--requests", type=int, default=300, help="serial requests per latency measurement")
+    ap.add_argument("--load", type=int, default=600, help="requests in the throughput measurement")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--large", default="wrn-16-8", help="the compute-dominated model")
+    ap.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    ap.add_argument("--no-netem", action="store_true")
+    ap.add_argument("--netem-rate-mbit", type=float, default=100.0)
+    ap.add_argument("--netem-delay-ms", type=float, default=5.0)
+    a = ap.parse_args(argv)
+    if a.bare_server:
+        asyncio.run(_bare_server(a.bare_server))
+        return 0
+    torch.set_num_threads(1)
+    n = 40 if a.quick else a.requests
+    n_load = 120 if a.quick else a.load
+    cpus, client_cpu, pin_note = pinning(4)
+    if client_cpu:
+        os.sched_setaffinity(0, client_cpu)
+    print("distree runtime overhead benchmark")
+    print(
+        f"machine: {machine()}; python {platform.python_version()}, torch {torch.__version__}, "
+        f"grpcio {grpc.__version__}; 1 torch thread per process"
+    )
+    print(f"setup: 4 node processes on loopback, last-exit policy, batch 1, untrained weights; {pin_note}")
+    print(
+        f"runs: {n} serial requests per latency median (after 30 warm-up), {n_load} requests at concurrency "
+        f"{a.concurrency} for throughput, bare floors: median of {n} calls each; all in this one run"
+    )
+    bare = BareFloor(cpu=(cpus or {}).get(2))
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="distree-bench-") as d:
+            for m in ("wrn-16-2", a.large):
+                results.append(
+                    measure_model(
+                        m,
+                        Path(d),
+                        n,
+                        bare,
+                        concurrency=a.concurrency,
+                        n_load=n_load // (4 if m != "wrn-16-2" else 1),
+                        cpus=cpus,
+                    )
+                )
+            netem = (
+                "skipped (--no-netem)"
+                if a.no_netem
+                else measure_netem(Path(d), max(20, n // 5), a.netem_rate_mbit, a.netem_delay_ms)
+            )
+    finally:
+        bare.close()
+    ms = 1e3
+    for r in results:
+        print(
+            f"\n== {r['model']} (bytes per hop: client->1 {r['hop_bytes'][0]}, "
+            f"then {', '.join(str(b) for b in r['hop_bytes'][1:])})"
+        )
+        print(
+            f"in-process segments+exits: {r['inproc_s'] * ms:.3f} ms "
+            f"(per node {', '.join(f'{x * ms:.3f}' for x in r['inproc_per_node_s'])})"
+        )
+        for k in range(3):
+            print(
+                f"hop {k + 1}->{k + 2}: forward {r['hop_s'][k] * ms:.3f} ms / bare grpc.aio "
+                f"{r['floors_aio_s'][k + 1] * ms:.3f} ms = {r['ratio_hop'][k]:.2f}  "
+                f"{verdict(r['ratio_hop'][k], 1.2, '<=')}"
+            )
+        floor = r["floor_client_s"] + sum(r["floors_aio_s"][1:])
+        print(
+            f"end to end: {r['e2e_s'] * ms:.3f} ms / (in-process {r['inproc_s'] * ms:.3f} + floors "
+            f"{floor * ms:.3f}) = {r['ratio_e2e_floor']:.3f}  {verdict(r['ratio_e2e_floor'], 1.15, '<=')}"
+        )
+        print(f"end to end / in-process alone: {r['ratio_e2e_inproc']:.2f}")
+        print(
+            f"throughput: {r['throughput']:.1f} req/s / slowest node solo {r['slowest_solo']:.1f} req/s "
+            f"(node compute ms {', '.join(f'{c * ms:.3f}' for c in r['node_compute_s'])}) = "
+            f"{r['ratio_throughput']:.2f}  {verdict(r['ratio_throughput'], 0.8, '>=')}"
+        )
+        if r["ratio_throughput"] < 0.8 and cpus is None:
+            print(
+                f"  why: {os.cpu_count()} CPUs shared by 4 node processes, the client and the gRPC threads; "
+                f"the nodes cannot all run at once, so the pipeline is CPU-bound (at most about "
+                f"{os.cpu_count()}/4 of the per-node rate)"
+            )
+    print("\n== shaped links (distree.netem)")
+    if isinstance(netem, str):
+        print(f"not measured: {netem}")
+    else:
+        print(
+            f"{netem['rate_mbit']} Mbit/s + {netem['delay_ms']} ms per link: measured {netem['e2e_s'] * ms:.2f} ms"
+            f" / model (compute + bytes/bandwidth + delay) {netem['model_s'] * ms:.2f} ms = {netem['ratio']:.3f}  "
+            f"{'met' if abs(netem['ratio'] - 1) <= 0.1 else 'MISSED'} (target within 10%)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
