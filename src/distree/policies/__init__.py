@@ -11,6 +11,7 @@ from . import random_policy as _random_policy  # noqa: F401
 from . import similarity as _similarity  # noqa: F401
 from .base import Decision, ExitInputs, ExitPolicy, State, decode_state, encode_state, softmax
 from .registry import (
+    DEFAULT_PARAMS,
     DEFAULT_POLICY,
     create_default_policy,
     create_policy,

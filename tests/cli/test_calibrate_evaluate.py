@@ -1,0 +1,118 @@
+"""CLI smoke test: distree calibrate → policy file → distree evaluate → table, JSON, PNG."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from distree.cli import app
+from distree.evaluation.synthetic import synthetic_trace
+from distree.policies import load_policy
+
+runner = CliRunner()
+
+
+def test_calibrate_then_evaluate(tmp_path):
+    val = synthetic_trace(1500, 4, seed=21)
+    val.meta["split"] = "val"
+    test = synthetic_trace(1500, 4, seed=22)
+    test.meta["split"] = "test"
+    vp, tp = val.save(tmp_path / "v.trace.safetensors"), test.save(tmp_path / "t.trace.safetensors")
+
+    pf = tmp_path / "distree.json"
+    r = runner.invoke(
+        app, ["calibrate", "--trace", str(vp), "--policy", "distree", "--max-accuracy-drop", "1.0", "--out", str(pf)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "saving" in r.output
+    pol = load_policy(pf)
+    assert pol.name == "distree" and pol.calibration["validation"]["drop_pp"] <= 1.0 + 1e-9
+
+    rf = tmp_path / "conf-risk.json"
+    r = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--trace",
+            str(vp),
+            "--policy",
+            "confidence",
+            "--max-accuracy-drop",
+            "1.0",
+            "--confidence",
+            "0.9",
+            "--out",
+            str(rf),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert load_policy(rf).calibration["method"] == "learn-then-test"
+
+    bf = tmp_path / "budget.json"
+    r = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--trace",
+            str(vp),
+            "--policy",
+            "distree",
+            "--param",
+            "measure=js",
+            "--flops-budget",
+            "0.7",
+            "--out",
+            str(bf),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert load_policy(bf).params["measure"] == "js"
+
+    out = tmp_path / "report"
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--trace",
+            str(tp),
+            "--val-trace",
+            str(vp),
+            "--policies",
+            "all",
+            "--policy-files",
+            str(pf),
+            "--policy-files",
+            str(rf),
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert (out / "report.md").is_file() and (out / "pareto.png").stat().st_size > 1000
+    rep = json.loads((out / "report.json").read_text())
+    labels = {x["label"] for x in rep["results"]}
+    assert {"distree", "conf-risk", "oracle", "last-exit", "random", "patience"} <= labels
+
+
+def test_cli_errors_are_clear(tmp_path):
+    r = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--trace",
+            str(tmp_path / "nope.safetensors"),
+            "--max-accuracy-drop",
+            "0.5",
+            "--out",
+            str(tmp_path / "p.json"),
+        ],
+    )
+    assert r.exit_code != 0 and "no trace file" in r.output
+    tr = synthetic_trace(300, 3, seed=1).save(tmp_path / "t.trace.safetensors")
+    r = runner.invoke(app, ["calibrate", "--trace", str(tr), "--out", str(tmp_path / "p.json")])
+    assert r.exit_code != 0 and "exactly one target" in r.output
+    r = runner.invoke(app, ["evaluate", "--trace", str(tr), "--policies", "distree", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "--val-trace" in r.output
+    r = runner.invoke(app, ["evaluate", "--trace", str(tr), "--policies", "bogus", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "unknown policy" in r.output
