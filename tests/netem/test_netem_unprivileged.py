@@ -117,3 +117,41 @@ def test_userspace_model_stalls_at_zero_rate_and_drops_over_limit():
     finally:
         os.close(r)
         os.close(w)
+
+
+class _FakeChain:
+    def __init__(self, caps: Capabilities) -> None:
+        self.caps = caps
+        self.mtu = 1500
+        self.backend = "kernel"
+
+
+def _kernel_link(**caps):
+    from distree.netem.chain import KernelLink, Namespace
+
+    chain = _FakeChain(Capabilities(namespaces=True, veth=True, tbf=True, **caps, reasons={"netem": "no sch_netem"}))
+    a, b = Namespace(chain, 0, "c"), Namespace(chain, 1, "n1")  # type: ignore[arg-type]
+    return KernelLink(chain, 0, a, b)
+
+
+def test_kernel_qdisc_commands_for_each_kernel():
+    with_rate = _kernel_link(netem=True, netem_rate=True)
+    p = LinkParams(rate_mbit=8, delay_ms=20, jitter_ms=2.5, loss=0.01)
+    assert with_rate._qdiscs(p) == [
+        (
+            ("root", "handle", "1:"),
+            ("netem", "limit", "1000", "delay", "20000us", "2500us", "loss", "random", "1%", "rate", "8000000bit"),
+        )
+    ]
+    no_rate = _kernel_link(netem=True)
+    (pos0, netem), (pos1, tbf) = no_rate._qdiscs(p)
+    assert pos0 == ("root", "handle", "1:") and netem[0] == "netem" and "rate" not in netem
+    assert pos1 == ("parent", "1:1", "handle", "10:")  # tbf beneath netem
+    assert tbf[:3] == ("tbf", "rate", "8000000bit") and int(tbf[4]) >= 2 * 1514
+    # rate alone needs no netem: tbf at the root, also on a kernel without sch_netem
+    no_netem = _kernel_link()
+    [(pos, q)] = no_netem._qdiscs(LinkParams(rate_mbit=2))
+    assert pos == ("root", "handle", "1:") and q[:3] == ("tbf", "rate", "2000000bit")
+    assert no_netem._qdiscs(LinkParams()) == []
+    with pytest.raises(NetemUnavailable, match="backend='userspace'"):
+        no_netem._qdiscs(LinkParams(delay_ms=5))
