@@ -36,6 +36,7 @@ Without ``loop`` the last value holds forever.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from pathlib import Path
@@ -65,6 +66,14 @@ __all__ = [
 
 class TraceFileError(ValueError):
     """A speed or bandwidth trace file is missing or malformed."""
+
+
+_SCALARS = (float, int, np.floating, np.integer)
+
+
+def _is_scalar(x: Any) -> bool:
+    """Cheap test for a plain number (np.ndim costs microseconds, and event simulators ask millions of times)."""
+    return isinstance(x, _SCALARS) or (isinstance(x, np.ndarray) and x.ndim == 0)
 
 
 def _out(x: np.ndarray, scalar: bool) -> Any:
@@ -103,6 +112,11 @@ class PiecewiseRate:
         self._cum = np.concatenate([[0.0], np.cumsum(r * seg)])
         if period is not None and self._cum[-1] <= 0:
             raise ValueError("the rate is zero over the whole looping period: nothing would ever finish")
+        # plain-Python copies for the scalar fast paths (an event simulator asks one time at a time)
+        self._t_list = t.tolist()
+        self._r_list = r.tolist()
+        self._c_list = self._cum.tolist()
+        self._period_work = float(self._cum[-1])
         if period is None and r[-1] <= 0:
             log.debug("rate ends at 0 and does not loop: work not done by %.3f s never finishes", t[-1])
 
@@ -111,16 +125,57 @@ class PiecewiseRate:
     def period_work(self) -> float:
         return float(self._cum[-1]) if self.period is not None else math.inf
 
+    # -------------------------------------------------------------- scalar fast paths (same arithmetic)
+    def _fold1(self, t: float) -> tuple[float, float]:
+        if self.period is None:
+            return 0.0, max(t, 0.0)
+        n = math.floor(t / self.period)
+        tt = t - n * self.period
+        return float(n), min(max(tt, 0.0), math.nextafter(self.period, 0.0))
+
+    def _work1(self, t: float) -> float:
+        if t < 0:
+            raise ValueError("time must be >= 0")
+        n, tt = self._fold1(t)
+        k = bisect.bisect_right(self._t_list, tt) - 1
+        w = self._c_list[k] + self._r_list[k] * (tt - self._t_list[k])
+        if self.period is not None:
+            w = w + n * self._period_work
+        return w
+
+    def _time_of_work1(self, w: float) -> float:
+        if self.period is not None:
+            pw = self._period_work
+            n = math.floor(w / pw)
+            rem = w - n * pw
+            if rem <= 0 and n > 0:
+                n, rem = n - 1, pw
+            base = n * self.period
+        else:
+            rem, base = w, 0.0
+        if rem <= 0:
+            return base + 0.0
+        k = min(max(bisect.bisect_left(self._c_list, rem) - 1, 0), len(self._r_list) - 1)
+        r = self._r_list[k]
+        if r <= 0:
+            return math.inf
+        return base + (self._t_list[k] + (rem - self._c_list[k]) / r)
+
+    # -------------------------------------------------------------- queries
     def value_at(self, t: ArrayLike) -> ArrayLike:
         """Rate at time(s) ``t``."""
-        scalar = np.ndim(t) == 0
+        scalar = _is_scalar(t)
+        if scalar:
+            return self._r_list[bisect.bisect_right(self._t_list, self._fold1(float(t))[1]) - 1]
         tt = self._fold(np.asarray(t, dtype=np.float64))[1]
         k = np.searchsorted(self.times, tt, side="right") - 1
         return _out(self.rates[k], scalar)
 
     def work(self, t: ArrayLike) -> ArrayLike:
         """Cumulative work ``W(t) = integral of the rate over [0, t]``."""
-        scalar = np.ndim(t) == 0
+        scalar = _is_scalar(t)
+        if scalar:
+            return self._work1(float(t))
         t = np.asarray(t, dtype=np.float64)
         if np.any(t < 0):
             raise ValueError("time must be >= 0")
@@ -133,7 +188,9 @@ class PiecewiseRate:
 
     def time_of_work(self, w: ArrayLike) -> ArrayLike:
         """Earliest time at which the cumulative work reaches ``w`` (inverse of :meth:`work`); inf if never."""
-        scalar = np.ndim(w) == 0
+        scalar = _is_scalar(w)
+        if scalar:
+            return self._time_of_work1(float(w))
         w = np.asarray(w, dtype=np.float64)
         if self.period is not None:
             pw = self._cum[-1]
@@ -159,7 +216,14 @@ class PiecewiseRate:
 
     def finish_time(self, t0: ArrayLike, amount: ArrayLike) -> ArrayLike:
         """Time at which ``amount`` of work started at ``t0`` is done (exact piecewise integration)."""
-        scalar = np.ndim(t0) == 0 and np.ndim(amount) == 0
+        scalar = _is_scalar(t0) and _is_scalar(amount)
+        if scalar:
+            t0f, af = float(t0), float(amount)
+            if af < 0:
+                raise ValueError("amount of work must be >= 0")
+            if af <= 0:
+                return t0f
+            return max(self._time_of_work1(self._work1(t0f) + af), t0f)
         t0a = np.asarray(t0, dtype=np.float64)
         am = np.asarray(amount, dtype=np.float64)
         if np.any(am < 0):
@@ -171,7 +235,7 @@ class PiecewiseRate:
 
     def duration(self, t0: ArrayLike, amount: ArrayLike) -> ArrayLike:
         """Wall seconds to do ``amount`` of work starting at ``t0``."""
-        scalar = np.ndim(t0) == 0 and np.ndim(amount) == 0
+        scalar = _is_scalar(t0) and _is_scalar(amount)
         d = np.asarray(self.finish_time(t0, amount), dtype=np.float64) - np.asarray(t0, dtype=np.float64)
         return _out(d, scalar)
 
@@ -234,18 +298,18 @@ class ConstantSpeed(SpeedProfile):
         self.factor = factor
 
     def factor_at(self, t: ArrayLike) -> ArrayLike:
-        if np.ndim(t) == 0:
+        if _is_scalar(t):
             return self.factor
         return np.full(np.shape(t), self.factor)
 
     def stretch(self, t0: ArrayLike, work_s: ArrayLike) -> ArrayLike:
-        if np.ndim(t0) == 0 and np.ndim(work_s) == 0:
+        if _is_scalar(t0) and _is_scalar(work_s):
             return float(work_s) / self.factor
         shape = np.broadcast(t0, work_s).shape
         return np.broadcast_to(np.asarray(work_s, dtype=np.float64) / self.factor, shape).copy()
 
     def finish_time(self, t0: ArrayLike, work_s: ArrayLike) -> ArrayLike:
-        if np.ndim(t0) == 0 and np.ndim(work_s) == 0:
+        if _is_scalar(t0) and _is_scalar(work_s):
             return float(t0) + float(work_s) / self.factor
         return np.asarray(t0, dtype=np.float64) + np.asarray(work_s, dtype=np.float64) / self.factor
 
@@ -285,12 +349,20 @@ def markov_speed_profile(
             raise ValueError("markov speed: every row of 'transition' must be >= 0 and sum to 1")
     rng = np.random.default_rng(int(seed))
     n = int(path_length)
-    states = np.empty(n, dtype=np.int64)
-    states[0] = int(initial)
-    cdf = np.cumsum(p, axis=1)
     u = rng.random(n)
-    for k in range(1, n):
-        states[k] = min(int(np.searchsorted(cdf[states[k - 1]], u[k], side="right")), s - 1)
+    if transition is None and s > 1:
+        # uniform among the other states: add 1..s-1 (mod s) at every jump
+        steps = np.minimum((u[1:] * (s - 1)).astype(np.int64), s - 2) + 1
+        states = (int(initial) + np.concatenate([[0], np.cumsum(steps)])) % s
+    else:
+        states = np.empty(n, dtype=np.int64)
+        states[0] = int(initial)
+        cdf = np.cumsum(p, axis=1).tolist()
+        ul = u.tolist()
+        cur = int(initial)
+        for k in range(1, n):
+            cur = min(bisect.bisect_right(cdf[cur], ul[k]), s - 1)
+            states[k] = cur
     hold = rng.exponential(1.0, size=n) * h[states]
     hold = np.maximum(hold, 1e-9)
     times = np.concatenate([[0.0], np.cumsum(hold)[:-1]])
@@ -428,12 +500,14 @@ class BandwidthTrace:
 
     def transfer_time(self, t0: ArrayLike, nbytes: ArrayLike) -> ArrayLike:
         """Seconds to push ``nbytes`` starting at ``t0`` (serialisation only; no propagation delay)."""
-        scalar = np.ndim(t0) == 0 and np.ndim(nbytes) == 0
+        scalar = _is_scalar(t0) and _is_scalar(nbytes)
         mbit = np.asarray(nbytes, dtype=np.float64) / _BYTES_PER_MBIT
         return _out(np.asarray(self.rate.duration(t0, mbit), dtype=np.float64), scalar)
 
     def finish_time(self, t0: ArrayLike, nbytes: ArrayLike) -> ArrayLike:
-        scalar = np.ndim(t0) == 0 and np.ndim(nbytes) == 0
+        scalar = _is_scalar(t0) and _is_scalar(nbytes)
+        if scalar:
+            return self.rate.finish_time(float(t0), float(nbytes) / _BYTES_PER_MBIT)
         mbit = np.asarray(nbytes, dtype=np.float64) / _BYTES_PER_MBIT
         return _out(np.asarray(self.rate.finish_time(t0, mbit), dtype=np.float64), scalar)
 
@@ -458,18 +532,18 @@ class ConstantBandwidth(BandwidthTrace):
         self._bps = mbps * _BYTES_PER_MBIT
 
     def rate_at(self, t: ArrayLike) -> ArrayLike:
-        if np.ndim(t) == 0:
+        if _is_scalar(t):
             return self.mbps
         return np.full(np.shape(t), self.mbps)
 
     def transfer_time(self, t0: ArrayLike, nbytes: ArrayLike) -> ArrayLike:
-        if np.ndim(t0) == 0 and np.ndim(nbytes) == 0:
+        if _is_scalar(t0) and _is_scalar(nbytes):
             return float(nbytes) / self._bps
         shape = np.broadcast(t0, nbytes).shape
         return np.broadcast_to(np.asarray(nbytes, dtype=np.float64) / self._bps, shape).copy()
 
     def finish_time(self, t0: ArrayLike, nbytes: ArrayLike) -> ArrayLike:
-        if np.ndim(t0) == 0 and np.ndim(nbytes) == 0:
+        if _is_scalar(t0) and _is_scalar(nbytes):
             return float(t0) + float(nbytes) / self._bps
         return np.asarray(t0, dtype=np.float64) + np.asarray(nbytes, dtype=np.float64) / self._bps
 

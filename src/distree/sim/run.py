@@ -12,7 +12,7 @@ from ..policies import ExitPolicy, create_policy, list_policies, load_policy
 from ..trace import Trace
 from .des import run_simpy
 from .results import SimResult
-from .scenario import Scenario, ScenarioError, build_cluster
+from .scenario import Cluster, Scenario, ScenarioError, build_cluster
 from .vector import run_vector, unsupported_reason
 from .workload import make_requests
 
@@ -40,10 +40,10 @@ def resolve_policy(spec: str | Path | ExitPolicy, num_nodes: int) -> ExitPolicy:
     return pol
 
 
-def choose_engine(sc: Scenario, trace: Trace, engine: str | None = None) -> str:
+def choose_engine(sc: Scenario, trace: Trace, engine: str | None = None, cluster: Cluster | None = None) -> str:
     """'vector' when the scenario allows it and engine is auto, else 'simpy'; an explicit choice is checked."""
     engine = engine or sc.engine
-    cluster = build_cluster(sc, trace.cost)
+    cluster = cluster if cluster is not None else build_cluster(sc, trace.cost)
     why = unsupported_reason(cluster, sc.workload.arrival != "closed")
     if engine == "vector" and why is not None:
         raise ScenarioError(f"engine 'vector' cannot simulate {why}; use engine = 'simpy' or 'auto'")
@@ -69,7 +69,7 @@ def simulate(
     pol = copy.deepcopy(pol)
     cluster = build_cluster(sc, trace.cost, speed_intensity=speed_intensity)
     reqs = make_requests(sc.workload, sc.seed, trace.num_samples)
-    eng = choose_engine(sc, trace, engine)
+    eng = choose_engine(sc, trace, engine, cluster)
     log.info("simulating %s with %s on the %s engine (%d requests)", sc.name, pol.name, eng, reqs.count)
     if eng == "vector":
         res = run_vector(cluster, trace, pol, reqs, seed=sc.seed, scenario=sc.name, progress=progress)

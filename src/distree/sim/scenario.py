@@ -395,9 +395,14 @@ class Cluster:
         they do not queue behind each other.
         """
         nbytes = float(self.cost.output_bytes)
+        links = [self.hops[k] for k in range(node - 1, -1, -1)] if self.return_mode == "chain" else []
+        if np.ndim(t) == 0:
+            c = float(t)
+            for ln in [*links, self.uplink]:
+                c = ln.bandwidth.finish_time(c, nbytes) + ln.delay_s
+            return c - float(t)
         t0 = np.asarray(t, dtype=np.float64)
         cur = t0.copy()
-        links = [self.hops[k] for k in range(node - 1, -1, -1)] if self.return_mode == "chain" else []
         for ln in [*links, self.uplink]:
             cur = np.asarray(ln.bandwidth.finish_time(cur, nbytes), dtype=np.float64) + ln.delay_s
         out = cur - t0
@@ -409,9 +414,13 @@ class Cluster:
         speed) + the answer's return. Queues downstream are not known to the node and not included."""
         hop = self.hops[node]
         nbytes = float(self.cost.hop_bytes[node])
+        nxt = self.nodes[node + 1]
+        if np.ndim(t) == 0:
+            arr1 = hop.bandwidth.finish_time(float(t), nbytes) + hop.delay_s
+            done1 = nxt.speed.finish_time(arr1, nxt.compute_s)
+            return done1 + self.return_time(node + 1, done1) - float(t)
         t0 = np.asarray(t, dtype=np.float64)
         arr = np.asarray(hop.bandwidth.finish_time(t0, nbytes), dtype=np.float64) + hop.delay_s
-        nxt = self.nodes[node + 1]
         done = np.asarray(nxt.speed.finish_time(arr, nxt.compute_s), dtype=np.float64)
         back = np.asarray(self.return_time(node + 1, done), dtype=np.float64)
         out = done + back - t0
