@@ -74,6 +74,9 @@ def test_cleanup_stops_processes_and_removes_namespaces_even_on_error():
         )
         server = chain.node(2).run([sys.executable, "-c", code, chain.addr(2)], stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == "ready"
+        assert chain.client.wait_tcp(chain.addr(2), 7000, timeout_s=10) < 10
+        with pytest.raises(TimeoutError, match="7001"):
+            chain.client.wait_tcp(chain.addr(2), 7001, timeout_s=0.3)
         c = chain.client.socket()
         c.settimeout(10)
         c.connect((chain.addr(2), 7000))

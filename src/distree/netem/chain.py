@@ -125,6 +125,28 @@ class Namespace:
         """A socket that lives in this namespace (usable from any thread of this process)."""
         return socket_in(self, family, type)
 
+    def wait_tcp(self, host: str, port: int, timeout_s: float = 60.0) -> float:
+        """Wait until a TCP connection from this namespace to ``host:port`` succeeds; returns the seconds waited.
+
+        For readiness of servers started with :meth:`run` (e.g. ``chain.client.wait_tcp(chain.addr(1), 7001)``).
+        """
+        t0 = time.monotonic()
+        last: OSError | None = None
+        while time.monotonic() - t0 < timeout_s:
+            s = self.socket()
+            s.settimeout(1.0)
+            try:
+                s.connect((host, int(port)))
+                return time.monotonic() - t0
+            except OSError as e:
+                last = e
+                time.sleep(0.1)
+            finally:
+                s.close()
+        raise TimeoutError(
+            f"nothing accepted TCP connections at {host}:{port} from {self.role} within {timeout_s:g} s: {last}"
+        )
+
     def __str__(self) -> str:
         return self.name
 
