@@ -240,8 +240,10 @@ class PiecewiseRate:
         return _out(d, scalar)
 
     def mean_rate(self) -> float:
-        """Time-average rate over one period (or the last rate when it does not loop)."""
+        """Time-average rate over one period (without a period: over the rows given, or the only rate)."""
         if self.period is None:
+            if self.times.size > 1:
+                return float(self._cum[-1] / self.times[-1])
             return float(self.rates[-1])
         return float(self._cum[-1] / self.period)
 

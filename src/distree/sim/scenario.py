@@ -381,6 +381,7 @@ class Cluster:
     cost: CostProfile
     return_mode: str = "chain"
     compute_source: str = "flops"
+    _typical_return: list[float] | None = field(default=None, repr=False)
 
     @property
     def num_nodes(self) -> int:
@@ -410,21 +411,33 @@ class Cluster:
 
     def continue_estimate(self, node: int, t: Any) -> Any:
         """The node's estimate at ``t`` of the time until the answer if the request continues to node+1
-        and exits there: hop transfer + delay + next segment and head (at the next device's current
-        speed) + the answer's return. Queues downstream are not known to the node and not included."""
+        and exits there: the hop's transfer (at the link's bandwidth from ``t`` on) + delay, the next segment
+        and head (at the next device's speed) and the answer's typical way back. Queues downstream are not
+        known to the node and not included."""
         hop = self.hops[node]
         nbytes = float(self.cost.hop_bytes[node])
         nxt = self.nodes[node + 1]
+        back = self.typical_return_s(node + 1)
         if np.ndim(t) == 0:
             arr1 = hop.bandwidth.finish_time(float(t), nbytes) + hop.delay_s
-            done1 = nxt.speed.finish_time(arr1, nxt.compute_s)
-            return done1 + self.return_time(node + 1, done1) - float(t)
+            return nxt.speed.finish_time(arr1, nxt.compute_s) + back - float(t)
         t0 = np.asarray(t, dtype=np.float64)
         arr = np.asarray(hop.bandwidth.finish_time(t0, nbytes), dtype=np.float64) + hop.delay_s
         done = np.asarray(nxt.speed.finish_time(arr, nxt.compute_s), dtype=np.float64)
-        back = np.asarray(self.return_time(node + 1, done), dtype=np.float64)
-        out = done + back - t0
-        return float(out) if np.ndim(t) == 0 else out
+        return done + back - t0
+
+    def typical_return_s(self, node: int) -> float:
+        """What a node expects its answer's way back to take: delays plus the answer's bytes at each link's
+        mean bandwidth (answers are tiny; a live node learns this as an average, not from the future)."""
+        if self._typical_return is None:
+            nbytes = float(self.cost.output_bytes)
+            per = [self.uplink, *self.hops]
+            out = []
+            for k in range(self.num_nodes):
+                links = per[: k + 1] if self.return_mode == "chain" else [self.uplink]
+                out.append(sum(ln.delay_s + nbytes / (max(ln.bandwidth.mean_mbps(), 1e-9) * 1e6 / 8.0) for ln in links))
+            self._typical_return = out
+        return self._typical_return[node]
 
 
 def _speed(spec: Any, seed: int) -> SpeedProfile:
