@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distree.fluctuation import (
     ConstantBandwidth,
@@ -197,3 +199,28 @@ def test_real_hsdpa_fixture_matches_piecewise_sum() -> None:
     # bytes carried on [0, t[5]] computed by hand from the rows
     nbytes = float(np.sum(v[:5] * np.diff(t[:6])) * 1e6 / 8)
     assert bw.transfer_time(0.0, nbytes) == pytest.approx(t[5], rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seg=st.lists(st.tuples(st.floats(0.01, 5.0), st.floats(0.0, 4.0)), min_size=1, max_size=8),
+    loop=st.booleans(),
+    t0=st.floats(0.0, 50.0),
+    amount=st.floats(0.0, 20.0),
+)
+def test_scalar_and_vector_paths_agree(seg: list[tuple[float, float]], loop: bool, t0: float, amount: float) -> None:
+    durs = np.array([d for d, _ in seg])
+    rates = np.array([r for _, r in seg])
+    if not np.any(rates > 0):
+        rates[0] = 1.0
+    if not loop:
+        rates[-1] = max(rates[-1], 0.5)
+    times = np.concatenate([[0.0], np.cumsum(durs)[:-1]])
+    r = PiecewiseRate(times, rates, period=float(durs.sum()) if loop else None)
+    scalar = r.finish_time(t0, amount)
+    vec = r.finish_time(np.array([t0, t0]), np.array([amount, amount]))
+    assert vec[0] == pytest.approx(scalar, rel=1e-12, abs=1e-12)
+    assert r.work(t0) == pytest.approx(float(r.work(np.array([t0]))[0]), rel=1e-12, abs=1e-12)
+    # the work done between t0 and the finish time is the amount asked for
+    assert r.work(scalar) - r.work(t0) == pytest.approx(amount, rel=1e-9, abs=1e-9)
+    assert r.value_at(t0) == float(r.value_at(np.array([t0]))[0])
