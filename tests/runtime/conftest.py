@@ -1,49 +1,59 @@
 """Fixtures for the runtime: a traced tiny checkpoint, policy files, and real node processes on loopback.
 
-Every cluster is started by a fixture and stopped in its ``finally`` (SIGTERM, then SIGKILL), so no
-node process outlives the tests. Tests that share the main cluster share one xdist group (one worker
-starts it once).
+Every cluster is started by a fixture or test and stopped in a ``finally`` (SIGTERM, then SIGKILL), so
+no node process outlives the tests. Tests that share the main cluster share one xdist group (one
+worker starts it once).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from _rt import Artifacts, write_spec
 
 from distree.data import load_split
 from distree.policies import create_policy
-from distree.runtime import LocalCluster, load_spec
-from distree.runtime.cluster import free_ports
-from distree.runtime.spec import ClusterSpec, spec_toml
-from distree.trace import Trace, trace_checkpoint
+from distree.runtime.spec import ClusterSpec
+from distree.trace import trace_checkpoint
 
 
-@dataclass
-class Artifacts:
-    root: Path
-    checkpoint: Path
-    trace: Trace
-    policy: Path  # confidence, thresholds giving a mix of exit nodes
-    last_exit: Path
-    images: np.ndarray  # uint8 (n, C, H, W): the traced test split
-    labels: np.ndarray
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make ``xdist_group`` effective for the runtime tests under ``--dist loadgroup``.
 
-    def offline(self) -> tuple[np.ndarray, np.ndarray]:
-        """Exit node (0-based) and prediction per sample from the trace: first node with score >= threshold."""
-        from distree.policies import load_policy
+    pytest-xdist groups tests by appending ``@group`` to ``item._nodeid``, which pytest 9 no longer
+    reads (node ids live in ``item._id``), so the marks would be silently ignored and two workers would
+    each start the same cluster. Only this folder's items are touched.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import coerce_node_id
 
-        pol = load_policy(self.policy)
-        s = pol.score_matrix(self.trace.logits, self.trace.features)
-        ex = s >= pol.thresholds[None, :]
-        ex[:, -1] = True
-        first = ex.argmax(axis=1)
-        return first, self.trace.predictions[np.arange(len(first)), first]
+    here = Path(__file__).parent
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is None or here not in Path(item.path).parents or "@" in item.nodeid or not hasattr(item, "_id"):
+            continue
+        item._id = coerce_node_id(f"{item.nodeid}@{mark.args[0] if mark.args else mark.kwargs.get('name')}")
+
+
+def _robust_threshold(scores: np.ndarray, q: float) -> float:
+    u = np.unique(scores)
+    lo, hi = np.quantile(scores, max(q - 0.15, 0.0)), np.quantile(scores, min(q + 0.15, 1.0))
+    gaps = [(u[i] - u[i - 1], i) for i in range(1, len(u)) if lo <= u[i] <= hi]
+    if not gaps:
+        return float(np.quantile(scores, q))
+    _, i = max(gaps)
+    return float((u[i] + u[i - 1]) / 2)
 
 
 @pytest.fixture(scope="session")
@@ -53,45 +63,36 @@ def rt(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Artif
     tr.save(root / "test.trace.safetensors")
     pol = create_policy("confidence", 4)
     s = pol.score_matrix(tr.logits, tr.features)
-    # thresholds at score quantiles so that every node answers some samples
-    th = [float(np.quantile(s[:, 0], 0.8)), float(np.quantile(s[:, 1], 0.6)), float(np.quantile(s[:, 2], 0.5)), 0.0]
+    # thresholds near score quantiles so that every node answers some samples, placed in the middle of
+    # the widest gap between neighbouring scores: float noise between batch sizes cannot flip a decision
+    th = [_robust_threshold(s[:, i], q) for i, q in enumerate((0.8, 0.6, 0.5))] + [0.0]
     policy = create_policy("confidence", 4, th).save(root / "confidence.json")
     last = create_policy("last-exit", 4).save(root / "last-exit.json")
     ds = load_split("synthetic", "test")
     return Artifacts(root, tiny_checkpoint, tr, policy, last, ds.images.numpy(), ds.labels.numpy())
 
 
-def write_spec(
-    rt: Artifacts,
-    name: str,
-    *,
-    policy: Path | None = None,
-    node_extra: dict[int, dict[str, Any]] | None = None,
-    **options: Any,
-) -> ClusterSpec:
-    ports = free_ports(4)
-    nodes = [
-        {"address": f"127.0.0.1:{p}", "segment": k + 1, **(node_extra or {}).get(k + 1, {})}
-        for k, p in enumerate(ports)
-    ]
-    path = rt.root / f"{name}.toml"
-    path.write_text(spec_toml(rt.checkpoint, policy or rt.policy, nodes, **options))
-    return load_spec(path)
-
-
-@contextlib.contextmanager
-def running(spec: ClusterSpec, log_dir: Path | None = None) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(spec, log_dir=log_dir or spec.path.parent / f"{spec.path.stem}-logs")
-    try:
-        cluster.start(timeout_s=120)
-        yield cluster
-    finally:
-        cluster.stop(timeout_s=10)
+def _distree(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distree", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
-def main_cluster(rt: Artifacts) -> Iterator[LocalCluster]:
-    """4 nodes, confidence policy, no batching: shared by the protocol, acceptance and validation tests."""
-    spec = write_spec(rt, "main", max_message_bytes=1 << 20)
-    with running(spec) as c:
-        yield c
+def main_cluster(rt: Artifacts) -> Iterator[ClusterSpec]:
+    """4 nodes, confidence policy, dynamic batching; started and stopped with the CLI
+    (`distree cluster up --detach` / `distree cluster down`). Shared by the protocol, acceptance and
+    validation tests."""
+    spec = write_spec(rt, "main", max_message_bytes=1 << 20, batching={"max_batch_size": 8, "max_queue_delay_ms": 2.0})
+    try:
+        up = _distree("cluster", "up", "--spec", str(spec.path), "--detach", "--log-dir", str(rt.root / "main-logs"))
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert spec.nodes[0].address in up.stdout and spec.pid_file.is_file()
+        yield spec
+        down = _distree("cluster", "down", "--spec", str(spec.path))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert down.stdout.count("stopped") == 4 and not spec.pid_file.exists(), down.stdout
+    finally:
+        if spec.pid_file.exists():  # never leave nodes behind
+            for pid in json.loads(spec.pid_file.read_text()).values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            spec.pid_file.unlink()

@@ -29,7 +29,7 @@ def _infer_rpc(ch: grpc.Channel):
 def test_answers_match_offline_evaluation(rt, main_cluster):
     exit_off, pred_off = rt.offline()
     assert len(set(exit_off.tolist())) >= 3, "fixture thresholds should spread exits over the nodes"
-    with ClusterClient(main_cluster.spec.nodes[0].address) as c:
+    with ClusterClient(main_cluster.nodes[0].address) as c:
         res = c.infer_many([x[None] for x in rt.images], concurrency=8)
     assert not [r for r in res if isinstance(r, grpc.RpcError)]
     exits = np.array([int(r.exit_node[0]) for r in res]) - 1
@@ -46,7 +46,7 @@ def test_answers_match_offline_evaluation(rt, main_cluster):
 
 def test_one_request_with_many_rows_exits_per_row(rt, main_cluster):
     exit_off, pred_off = rt.offline()
-    with ClusterClient(main_cluster.spec.nodes[0].address) as c:
+    with ClusterClient(main_cluster.nodes[0].address) as c:
         r = c.infer(rt.images[:24], request_id="batch-24")
     assert r.request_id == "batch-24"
     np.testing.assert_array_equal(r.exit_node - 1, exit_off[:24])
@@ -60,7 +60,7 @@ def test_float_input_equals_uint8_input(rt, main_cluster):
     m = np.asarray(norm["mean"], np.float32).reshape(1, -1, 1, 1)
     s = np.asarray(norm["std"], np.float32).reshape(1, -1, 1, 1)
     x = rt.images[:8]
-    with ClusterClient(main_cluster.spec.nodes[0].address) as c:
+    with ClusterClient(main_cluster.nodes[0].address) as c:
         a = c.infer(x)
         b = c.infer((x.astype(np.float32) / np.float32(255.0) - m) / s)
     np.testing.assert_array_equal(a.exit_node, b.exit_node)
@@ -71,7 +71,7 @@ def test_tritonclient_round_trip(rt, main_cluster):
     import tritonclient.grpc as tc
 
     exit_off, pred_off = rt.offline()
-    cl = tc.InferenceServerClient(url=main_cluster.spec.nodes[0].address)
+    cl = tc.InferenceServerClient(url=main_cluster.nodes[0].address)
     try:
         assert cl.is_server_live()
         assert cl.is_server_ready()
@@ -148,7 +148,7 @@ def _bad_requests(rt) -> dict[str, tuple[pb.ModelInferRequest, str]]:
 
 
 def test_malformed_requests_get_clear_errors_and_node_keeps_serving(rt, main_cluster):
-    addr = main_cluster.spec.nodes[0].address
+    addr = main_cluster.nodes[0].address
     with make_channel(addr, max_message_bytes=64 << 20) as ch:
         infer = _infer_rpc(ch)
         for name, (req, needle) in _bad_requests(rt).items():
@@ -168,7 +168,7 @@ def test_malformed_requests_get_clear_errors_and_node_keeps_serving(rt, main_clu
 
 
 def test_malformed_forward_between_nodes_is_rejected(rt, main_cluster):
-    addr = main_cluster.spec.nodes[1].address
+    addr = main_cluster.nodes[1].address
     shape = rt.trace.cost.hop_shapes[0]
     with make_channel(addr) as ch:
         stub = node_pb2_grpc.ChainNodeStub(ch)
@@ -211,7 +211,7 @@ def test_fuzz_request_fields(rt, main_cluster, model, version, dtype, shape, nby
         req.outputs.add(name=o)
     if timeout is not None:
         req.parameters["timeout"].int64_param = timeout
-    with make_channel(main_cluster.spec.nodes[0].address) as ch:
+    with make_channel(main_cluster.nodes[0].address) as ch:
         infer = _infer_rpc(ch)
         try:
             resp = infer(req, timeout=20)
@@ -224,10 +224,38 @@ def test_fuzz_request_fields(rt, main_cluster, model, version, dtype, shape, nby
 def test_health_info_and_metrics(rt, main_cluster):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    for k, n in enumerate(main_cluster.spec.nodes, start=1):
+    for k, n in enumerate(main_cluster.nodes, start=1):
         with make_channel(n.address) as ch:
             st_ = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
             assert st_.status == health_pb2.HealthCheckResponse.SERVING
         info = node_info(n.address)
         assert info.node == k and info.num_nodes == 4 and info.policy == "confidence"
         assert info.est_compute_s > 0
+
+
+def test_requests_are_batched_and_cli_infer_works(rt, main_cluster):
+    import json
+    import subprocess
+    import sys
+
+    counts = json.loads(node_info(main_cluster.nodes[0].address).stats_json)["counts"]
+    assert counts["batches"] < counts["rows"], counts  # concurrent requests shared batches
+    inf = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distree",
+            "infer",
+            "--spec",
+            str(main_cluster.path),
+            "--dataset",
+            "synthetic",
+            "--limit",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert inf.returncode == 0, inf.stdout + inf.stderr
+    assert "exits:" in inf.stdout and "latency ms" in inf.stdout and "accuracy" in inf.stdout

@@ -1,0 +1,78 @@
+"""A cluster with mutual TLS on every channel and a slow last node: TLS refusals and QoS deadlines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from _rt import running, write_spec
+
+from distree.runtime import ClientTLS, ClusterClient, create_dev_pki, node_info, spec_client_tls
+from distree.runtime.spec import ClusterSpec
+
+pytestmark = pytest.mark.xdist_group("runtime-tls")
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(rt, tmp_path_factory) -> Iterator[tuple[ClusterSpec, Path]]:
+    d = tmp_path_factory.mktemp("pki")
+    certs = d / "certs"
+    create_dev_pki(certs, 4)
+    create_dev_pki(d / "other", 1)  # a CA the cluster does not trust
+    tls = {
+        "ca": str(certs / "ca.pem"),
+        "client_auth": True,
+        "client_cert": str(certs / "client.pem"),
+        "client_key": str(certs / "client.key"),
+    }
+    extra = {k: {"cert": str(certs / f"node{k}.pem"), "key": str(certs / f"node{k}.key")} for k in range(1, 5)}
+    # node 4 emulates a device 200x slower than this CPU: the whole chain takes far longer than nodes 1-3
+    extra[4]["speed"] = {"kind": "constant", "factor": 0.005}
+    spec = write_spec(rt, "mtls", policy=rt.last_exit, tls=tls, node_extra=extra)
+    with running(spec):
+        yield spec, d
+
+
+def test_mutual_tls_round_trip_and_refusals(rt, tls_cluster):
+    spec, d = tls_cluster
+    addr = spec.nodes[0].address
+    with ClusterClient(addr, tls=spec_client_tls(spec)) as c:
+        r = c.infer(rt.images[:12])  # node 1 -> 2 -> 3 -> 4, every hop over mutual TLS
+    np.testing.assert_array_equal(r.exit_node, 4)
+    np.testing.assert_array_equal(r.predictions, rt.trace.predictions[:12, 3])
+    ca = (d / "certs" / "ca.pem").read_bytes()
+    refused = {
+        "no client certificate": ClientTLS(ca=ca),
+        "certificate from another CA": ClientTLS(
+            ca=ca, cert=(d / "other" / "client.pem").read_bytes(), key=(d / "other" / "client.key").read_bytes()
+        ),
+    }
+    for why, t in refused.items():
+        with ClusterClient(addr, tls=t) as c, pytest.raises(grpc.RpcError) as ei:
+            c.infer(rt.images[:1], rpc_timeout_s=10)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE, why
+    with ClusterClient(addr) as c, pytest.raises(grpc.RpcError):  # plaintext against a TLS port
+        c.infer(rt.images[:1], rpc_timeout_s=10)
+    with pytest.raises(grpc.RpcError):  # node 2 refuses a caller without a certificate, too
+        node_info(spec.nodes[1].address, tls=ClientTLS(ca=ca))
+
+
+def test_deadline_shorter_than_the_chain_gets_an_earlier_exit_in_time(rt, tls_cluster):
+    spec, _ = tls_cluster
+    x = rt.images[:1]
+    with ClusterClient(spec.nodes[0].address, tls=spec_client_tls(spec)) as c:
+        full = [c.infer(x) for _ in range(3)]
+        assert all(int(r.exit_node[0]) == 4 and not r.degraded[0] for r in full)
+        need = min(r.latency_s for r in full)
+        deadline = max(need / 3, 0.03)
+        assert deadline < need, f"the slow node should make the chain take > 90 ms, took {need * 1e3:.1f} ms"
+        for _ in range(5):
+            r = c.infer(x, deadline_s=deadline)
+            assert int(r.exit_node[0]) < 4, "an earlier node must answer"
+            assert bool(r.degraded[0]) and r.reasons[0] in ("deadline", "successor-timeout"), r.reasons
+            assert r.latency_s < deadline, (r.latency_s, deadline)
+        # without a deadline the same request still runs the whole chain
+        assert int(c.infer(x).exit_node[0]) == 4
