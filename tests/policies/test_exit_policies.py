@@ -95,7 +95,7 @@ def test_distree_feature_measure_needs_features_and_equal_dims():
 
 
 def test_distree_conf_combines_confidence_and_difference():
-    pol = create_policy("distree-conf", 3, alpha=0.5)
+    pol = create_policy("distree-conf", 3, alpha=0.5, measure="tv")
     s = pol.score_matrix(LOGITS)
     tv = 0.5 * np.abs(probs(1) - probs(0)).sum(axis=1)
     np.testing.assert_allclose(s[:, 1], probs(1).max(axis=1) - 0.5 * tv, rtol=1e-6)

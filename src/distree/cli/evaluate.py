@@ -16,7 +16,9 @@ def evaluate_cmd(
     policies: str = typer.Option(
         "all", help="Comma-separated policy names, 'all' (every policy) or 'none' (only --policy-files)."
     ),
-    policy_files: list[Path] = typer.Option(None, help="Calibrated policy files (repeatable)."),
+    policy_files: list[Path] = typer.Option(
+        None, help="Calibrated policy files (repeatable); a folder stands for every *.json in it."
+    ),
     val_trace: Path | None = typer.Option(
         None, help="Validation trace: calibrates named policies without a file, and fits the Pareto sweeps."
     ),
@@ -35,7 +37,16 @@ def evaluate_cmd(
     if test.meta.get("split") == "val" and val is not None:
         console.print("[yellow]warning:[/] --trace is a validation trace; evaluate on the test split")
     entries = []
+    files: list[Path] = []
     for f in policy_files or []:
+        if f.is_dir():
+            found = sorted(f.glob("*.json"))
+            if not found:
+                fail(f"policy folder {f} holds no *.json policy files; create them with `distree calibrate`")
+            files += found
+        else:
+            files.append(f)
+    for f in files:
         p = guarded(lambda f=f: load_policy(f))
         entries.append((f.stem, p))
     covered = {p.name for _, p in entries}

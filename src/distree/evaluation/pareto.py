@@ -1,8 +1,9 @@
 """Pareto sweeps: a policy's accuracy / compute trade-off as its thresholds move.
 
-The sweep follows the Lagrangian path of :mod:`distree.calibration.search` (48 multipliers from
-"never exit" to "exit as early as possible"): thresholds are fitted on ``fit_trace`` (the
-validation trace, for honest curves) and every threshold vector is scored on ``eval_trace``.
+The sweep calibrates the policy on ``fit_trace`` (the validation trace, for honest curves) for
+a grid of accuracy-drop targets (-1 to 5 pp in 0.1 pp steps, :func:`constrained_path`) plus the
+Lagrangian path of :mod:`distree.calibration.search` (from "never exit" to "exit as early as
+possible"), and scores every resulting threshold vector on ``eval_trace``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..calibration.search import Problem, lagrangian_path
+from ..calibration.search import Problem, constrained_path, lagrangian_path
 from ..policies.base import ExitPolicy
 from ..trace.format import Trace
 from .metrics import evaluate_exits, exit_nodes
@@ -40,6 +41,7 @@ def pareto_sweep(
         fit_scores = eval_scores if fit is eval_trace else score_trace(policy, fit)
         prob = Problem(fit_scores, fit.correct, relative_costs(policy, fit))
         cands = [s.thresholds for s in lagrangian_path(prob, num=num)]
+        cands += [s.thresholds for s in constrained_path(prob, np.arange(-10, 51) / 1000.0)]
         cands.append(np.full(policy.num_nodes, np.inf))
     else:
         cands = [policy.thresholds]

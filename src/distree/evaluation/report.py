@@ -13,10 +13,12 @@ import numpy as np
 from ..policies.base import ExitPolicy
 from ..trace.format import Trace
 from .metrics import Metrics, last_exit_metrics
-from .pareto import SweepPoint, pareto_sweep
+from .pareto import SweepPoint, pareto_sweep, saving_at_drop
 from .scoring import check_compatible, evaluate_policy
 
 log = logging.getLogger(__name__)
+
+SWEEP_DROPS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -62,10 +64,14 @@ def build_report(
             f"the sweep trace has {fit_trace.num_nodes} exits but the evaluation trace has {trace.num_nodes}"
         )
     results = []
+    swept: set[str] = set()
     for label, pol in policies:
         check_compatible(pol, trace)
         m = evaluate_policy(pol, trace)
-        pts = pareto_sweep(pol, trace, fit_trace) if sweep else []
+        # one sweep per policy family (name + params): calibrated variants share their family's curve
+        family = json.dumps([pol.name, pol.params], sort_keys=True, default=str)
+        pts = pareto_sweep(pol, trace, fit_trace) if sweep and family not in swept else []
+        swept.add(family)
         results.append(PolicyResult(label, pol, m, pts))
     meta = {k: v for k, v in trace.meta.items() if k != "classes"}
     meta["num_samples"] = trace.num_samples
@@ -106,7 +112,18 @@ def markdown_table(rep: Report) -> str:
         "inference (all segments, final head only).",
     ]
     if any(r.sweep for r in rep.results):
-        lines.append(f"Pareto sweeps: thresholds fitted on the {rep.sweep_fit}, scored on this trace.")
+        lines += [
+            "",
+            f"Pareto sweeps (thresholds fitted on the {rep.sweep_fit}, scored on this trace): the largest FLOPs "
+            "saving (%) among each sweep's points whose accuracy drop is at most",
+            "",
+            "| policy | " + " | ".join(f"{d:g} pp" for d in SWEEP_DROPS) + " | points |",
+            "|---|" + "---:|" * (len(SWEEP_DROPS) + 1),
+        ]
+        for r in rep.results:
+            if len(r.sweep) > 1:
+                cells = " | ".join(f"{100 * saving_at_drop(r.sweep, d):.1f}" for d in SWEEP_DROPS)
+                lines.append(f"| {r.policy.name} | {cells} | {len(r.sweep)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,21 +133,23 @@ def plot_pareto(rep: Report, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 5.0), dpi=120)
+    colors: dict[str, str] = {}
     for r in rep.results:
         if r.policy.name in ("oracle", "last-exit"):
             continue
         if r.sweep:
             xs = [p.rel_flops for p in r.sweep]
             ys = [100 * p.accuracy for p in r.sweep]
-            (line,) = ax.plot(xs, ys, "-", lw=1.3, alpha=0.9, label=r.label)
+            (line,) = ax.plot(xs, ys, "-", lw=1.3, alpha=0.9, label=f"{r.policy.name} (sweep; o calibrated)")
             color = line.get_color()
+            colors[r.policy.name] = color
         else:
-            color = None
+            color = colors.get(r.policy.name)
         ax.plot(
             r.metrics.rel_flops,
             100 * r.metrics.accuracy,
-            "o",
+            "o" if r.sweep else "D",
             ms=6,
             color=color,
             markeredgecolor="black",
@@ -156,7 +175,7 @@ def plot_pareto(rep: Report, path: Path) -> Path:
     lo = min([100 * le.accuracy - 6] + [100 * r.metrics.accuracy - 1 for r in rep.results])
     ax.set_ylim(bottom=max(lo, 0))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

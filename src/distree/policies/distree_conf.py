@@ -1,10 +1,12 @@
 """``distree-conf``: the DistrEE difference criterion combined with the exit's own confidence.
 
 Score at node i >= 1: ``conf_i - alpha * d(i, i-1)`` with ``conf_i`` the top softmax probability
-and ``d`` the difference measure of the ``distree`` policy (``measure``, default ``tv``); at
-node 1 (no predecessor) the score is ``conf_1``. A request exits when its prediction is both
-confident and stable. ``alpha`` (default 1.0) was chosen on validation traces
-(docs/policies.md). The QoS rule is the one of :meth:`ExitPolicy.decide`.
+and ``d`` the difference measure of the ``distree`` policy (``measure``, default ``feat-l2``:
+the relative L2 distance between consecutive exit feature vectors); at node 1 (no
+predecessor) the score is ``conf_1``. A request exits when its prediction is both confident
+and stable. The defaults (``measure="feat-l2"``, ``alpha=0.5``) measured best on validation
+traces (docs/policies.md); this is the default policy. State between nodes: the previous
+exit's feature vector (F floats). The QoS rule is the one of :meth:`ExitPolicy.decide`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class DistreeConfPolicy(DistreePolicy):
     name = "distree-conf"
 
     def __init__(self, num_nodes: int, thresholds: Any = None, **params: Any) -> None:
-        params.setdefault("alpha", 1.0)
+        params.setdefault("alpha", 0.5)
+        params.setdefault("measure", "feat-l2")
         params["alpha"] = float(params["alpha"])
         if params["alpha"] < 0:
             raise ValueError(f"{self.name}: alpha must be >= 0, got {params['alpha']}")

@@ -12,7 +12,7 @@ _POLICIES: dict[str, type[ExitPolicy]] = {}
 
 #: The default exit policy and its parameters: the one that measured best on validation traces
 #: (see docs/policies.md for the measurement).
-DEFAULT_POLICY: str = "distree"
+DEFAULT_POLICY: str = "distree-conf"
 DEFAULT_PARAMS: dict[str, Any] = {}
 
 
