@@ -118,6 +118,7 @@ def test_drop_test_is_sensible():
     assert not reject_drop_above(300, 100, 10_000, 0.005, 0.1)  # empirical drop 2 pp
 
 
+@pytest.mark.slow
 def test_risk_control_holds_its_guarantee_on_repeated_splits():
     """P(population drop > EPS) <= DELTA over random calibration sets from the same distribution."""
     pool = synthetic_trace(100_000, 4, seed=5)
