@@ -19,6 +19,7 @@ nodes with the request (:func:`encode_state` / :func:`decode_state`).
 
 from __future__ import annotations
 
+import abc
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class Decision:
     qos: np.ndarray  # (B,) bool: exit forced by the latency budget
 
 
-class ExitPolicy:
+class ExitPolicy(abc.ABC):
     """Base class. Subclasses set ``name`` and implement :meth:`score`."""
 
     name: ClassVar[str] = "base"
@@ -80,6 +81,7 @@ class ExitPolicy:
         """Thresholds that never exit early (the last node always exits anyway)."""
         return np.full(self.num_nodes, np.inf)
 
+    @abc.abstractmethod
     def score(
         self,
         node: int,
@@ -89,7 +91,6 @@ class ExitPolicy:
         labels: np.ndarray | None = None,
     ) -> tuple[np.ndarray, State]:
         """Vectorised score of B requests at ``node`` (higher = more ready to exit) and the new state."""
-        raise NotImplementedError  # abstract: every registered policy overrides it
 
     # ------------------------------------------------------------ shared logic
     def init_state(self, batch: int) -> State:
