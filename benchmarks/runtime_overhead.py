@@ -180,6 +180,46 @@ def pinning(n_nodes: int) -> tuple[dict[int, set[int]] | None, set[int] | None, 
 
 
 # ---------------------------------------------------------------------------- measurements
+async def _serial_phase(
+    node1: str, bare_addr: str, x: np.ndarray, hop_bytes: list[int], n: int, block: int = 10
+) -> tuple[list[float], list[list[float]]]:
+    """Blocks of chain requests interleaved with blocks of bare calls of every hop's size (same noise)."""
+    from distree.runtime.client import build_request, parse_response
+    from distree.runtime.kserve import SERVICE
+    from distree.runtime.protos import kserve_v2_pb2 as pb
+
+    req = build_request(x)
+    payloads = [os.urandom(b) for b in hop_bytes]
+    lat: list[float] = []
+    floors: list[list[float]] = [[] for _ in hop_bytes]
+    async with (
+        grpc.aio.insecure_channel(node1, options=OPTS) as ch,
+        grpc.aio.insecure_channel(bare_addr, options=OPTS) as bch,
+    ):
+        infer = ch.unary_unary(
+            f"/{SERVICE}/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        bare = bch.unary_unary(BARE_SERVICE)
+        for _ in range(30):
+            await infer(req, timeout=30)
+            for p in payloads:
+                await bare(p, timeout=10)
+        for _ in range(max(1, n // block)):
+            for _ in range(block):
+                t = time.perf_counter()
+                r = parse_response(await infer(req, timeout=30))
+                lat.append(time.perf_counter() - t)
+                assert int(r.exit_node[0]) == 4, "last-exit must answer at node 4"
+            for i, p in enumerate(payloads):
+                for _ in range(block):
+                    t = time.perf_counter()
+                    await bare(p, timeout=10)
+                    floors[i].append(time.perf_counter() - t)
+    return lat, floors
+
+
 def measure_model(
     model_name: str,
     tmp: Path,
@@ -196,36 +236,30 @@ def measure_model(
     cost = model.cost_profile()
     inproc, per_node = in_process_s(model_name, n)
     hop_bytes = [cost.input_bytes, *cost.hop_bytes]
-    floors_aio = [bare.aio(b, n) for b in hop_bytes]
-    floor_client = bare.sync(cost.input_bytes, n)
     x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
     res: dict = {"model": model_name, "hop_bytes": hop_bytes, "inproc_s": inproc, "inproc_per_node_s": per_node}
     with LocalCluster(spec, cpus=cpus) as cluster:
         cluster.start(timeout_s=180)
+        lat, floors = asyncio.run(_serial_phase(spec.nodes[0].address, bare.addr, x, hop_bytes, n))
+        infos = [json.loads(node_info(nd.address).stats_json) for nd in spec.nodes]
         with ClusterClient(spec.nodes[0].address) as client:
-            for _ in range(30):
-                client.infer(x)
-            lat = []
-            for _ in range(n):
-                r = client.infer(x)
-                assert int(r.exit_node[0]) == 4, "last-exit must answer at node 4"
-                lat.append(r.latency_s)
-            infos = [json.loads(node_info(nd.address).stats_json) for nd in spec.nodes]
+            client.infer_many([x] * 50, concurrency=concurrency)
             t = time.perf_counter()
             out = client.infer_many([x] * n_load, concurrency=concurrency)
             wall = time.perf_counter() - t
-            bad = [o for o in out if isinstance(o, grpc.RpcError)]
-            if bad:
-                raise RuntimeError(f"{len(bad)} requests failed under load: {bad[0]}")
+        bad = [o for o in out if isinstance(o, grpc.RpcError)]
+        if bad:
+            raise RuntimeError(f"{len(bad)} requests failed under load: {bad[0]}")
+    floors_aio = [float(np.median(f)) for f in floors]
     hop = [infos[k]["hop_s"]["median"] for k in range(3)]
     compute = [infos[k]["compute_s"]["median"] for k in range(4)]
     e2e = float(np.median(lat))
-    floor_sum = floor_client + sum(floors_aio[1:])
+    floor_sum = sum(floors_aio)
     res.update(
         e2e_s=e2e,
         hop_s=hop,
         floors_aio_s=floors_aio,
-        floor_client_s=floor_client,
+        floor_client_s=floors_aio[0],
         node_compute_s=compute,
         ratio_hop=[hop[k] / floors_aio[k + 1] for k in range(3)],
         ratio_e2e_floor=e2e / (inproc + floor_sum),
@@ -248,8 +282,18 @@ def measure_netem(tmp: Path, n: int, rate_mbit: float, delay_ms: float) -> dict 
     return _netem_run(NetnsChain, tmp, n, rate_mbit, delay_ms)
 
 
+def _netem_client(addr: str, n: int) -> None:
+    """Run inside the chain's client namespace: print the median latency of ``n`` serial requests (JSON)."""
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    with ClusterClient(addr) as client:
+        for _ in range(5):
+            client.infer(x, rpc_timeout_s=60)
+        lat = [client.infer(x, rpc_timeout_s=60).latency_s for _ in range(n)]
+    print(json.dumps({"median_s": float(np.median(lat))}))
+
+
 def _netem_run(chain_cls, tmp: Path, n: int, rate_mbit: float, delay_ms: float) -> dict | str:
-    """4 nodes in 4 namespaces; every link shaped to ``rate_mbit`` and ``delay_ms`` one way."""
+    """4 nodes in 4 namespaces; the 3 node-to-node links shaped to ``rate_mbit`` and ``delay_ms`` one way."""
     model_name = "wrn-16-2"
     spec_path = make_cluster_files(model_name, tmp / "netem")
     base = load_spec(spec_path)
@@ -258,25 +302,28 @@ def _netem_run(chain_cls, tmp: Path, n: int, rate_mbit: float, delay_ms: float) 
     with chain_cls(4) as chain:
         addrs = [f"{chain.addr(k)}:7000" for k in range(1, 5)]
         spec_path.write_text(spec_toml(base.checkpoint, base.policy, [{"address": a} for a in addrs], threads=1))
-        for k in range(3):
+        for k in range(1, 4):
             chain.link(k).shape(rate_mbit=rate_mbit, delay_ms=delay_ms)
         procs = [
-            chain.node(k + 1).run(
-                [sys.executable, "-m", "distree", "serve", "--spec", str(spec_path), "--node", str(k + 1)]
+            chain.node(k).run(
+                [sys.executable, "-m", "distree", "serve", "--spec", str(spec_path), "--node", str(k)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-            for k in range(4)
+            for k in range(1, 5)
         ]
         try:
-            from distree.runtime import wait_healthy
-
-            for a in addrs:
-                if not wait_healthy(a, timeout_s=120):
-                    return f"node at {a} did not become healthy inside its namespace"
-            x = np.zeros((1, 3, 32, 32), np.float32)
-            with ClusterClient(addrs[0]) as client:
-                for _ in range(5):
-                    client.infer(x)
-                lat = [client.infer(x).latency_s for _ in range(n)]
+            for k in range(1, 5):
+                chain.node(k).wait_tcp(chain.addr(k), 7000, timeout_s=120)
+            p = chain.node(0).run(
+                [sys.executable, __file__, "--netem-client", addrs[0], "--requests", str(n)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            out, _ = p.communicate(timeout=600)
+            if p.returncode != 0:
+                return f"client in the namespace failed (exit {p.returncode})"
+            e2e = json.loads(out.strip().splitlines()[-1])["median_s"]
         finally:
             for p in procs:
                 p.terminate()
@@ -285,8 +332,16 @@ def _netem_run(chain_cls, tmp: Path, n: int, rate_mbit: float, delay_ms: float) 
     wire = sum(b * 8 / (rate_mbit * 1e6) for b in cost.hop_bytes)
     delays = 2 * 3 * delay_ms / 1000  # request and answer cross each of the 3 shaped links
     model_s = inproc + wire + delays
-    e2e = float(np.median(lat))
-    return {"e2e_s": e2e, "model_s": model_s, "ratio": e2e / model_s, "rate_mbit": rate_mbit, "delay_ms": delay_ms}
+    return {
+        "e2e_s": e2e,
+        "model_s": model_s,
+        "ratio": e2e / model_s,
+        "rate_mbit": rate_mbit,
+        "delay_ms": delay_ms,
+        "inproc_s": inproc,
+        "wire_s": wire,
+        "delay_s": delays,
+    }
 
 
 # ---------------------------------------------------------------------------- report
@@ -298,17 +353,21 @@ def verdict(value: float, target: float, op: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--netem-client", help=argparse.SUPPRESS)
     ap.add_argument("--requests", type=int, default=300, help="serial requests per latency measurement")
     ap.add_argument("--load", type=int, default=600, help="requests in the throughput measurement")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--large", default="wrn-16-8", help="the compute-dominated model")
     ap.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     ap.add_argument("--no-netem", action="store_true")
-    ap.add_argument("--netem-rate-mbit", type=float, default=100.0)
-    ap.add_argument("--netem-delay-ms", type=float, default=5.0)
+    ap.add_argument("--netem-rate-mbit", type=float, default=20.0)
+    ap.add_argument("--netem-delay-ms", type=float, default=10.0)
     a = ap.parse_args(argv)
     if a.bare_server:
         asyncio.run(_bare_server(a.bare_server))
+        return 0
+    if a.netem_client:
+        _netem_client(a.netem_client, a.requests)
         return 0
     torch.set_num_threads(1)
     n = 40 if a.quick else a.requests
@@ -323,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"setup: 4 node processes on loopback, last-exit policy, batch 1, untrained weights; {pin_note}")
     print(
-        f"runs: {n} serial requests per latency median (after 30 warm-up), {n_load} requests at concurrency "
-        f"{a.concurrency} for throughput, bare floors: median of {n} calls each; all in this one run"
+        f"runs: {n} serial requests per latency median (after 30 warm-up), in blocks of 10 interleaved with "
+        f"blocks of 10 bare calls per hop size (floors: medians of {n} calls each); {n_load} requests at "
+        f"concurrency {a.concurrency} for throughput (a quarter for the larger model); all in this one run"
     )
     bare = BareFloor(cpu=(cpus or {}).get(2))
     results = []

@@ -216,6 +216,7 @@ class NodeCore:
         self.est_hop = Ewma(0.2, default=0.001)
         self.est_next = Ewma(0.2)
         self.hop_samples = Samples()
+        self.wire_samples = Samples()  # round trip minus the callee's whole handler time
         self.compute_samples = Samples()
         self.counts: dict[str, int] = {"rows": 0, "batches": 0, "exits_here": 0, "forwards": 0}
         self.degraded_counts: dict[str, int] = dict.fromkeys(REASONS, 0)
@@ -499,6 +500,7 @@ class NodeCore:
         if resp is not None:
             hop = rtt - resp.compute_s - resp.downstream_s
             self.hop_samples.add(hop)
+            self.wire_samples.add(rtt - resp.server_s)
             self.metrics.hop_s.observe(hop)
             self.est_hop.update(max(hop - resp.queue_s, 0.0))
             self.est_next.update(resp.queue_s + resp.compute_s)
@@ -516,6 +518,7 @@ class NodeCore:
             "counts": self.counts,
             "degraded": self.degraded_counts,
             "hop_s": self.hop_samples.summary(),
+            "wire_s": self.wire_samples.summary(),
             "compute_s": self.compute_samples.summary(),
             "est_continue_s": self.est_continue(),
         }
@@ -531,10 +534,6 @@ class NodeCore:
             successor_up=bool(self.successor is None or self.successor.up),
             stats_json=json.dumps(stats),
         )
-
-    def reset_samples(self) -> None:
-        self.hop_samples = Samples()
-        self.compute_samples = Samples()
 
 
 class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
