@@ -26,26 +26,6 @@ from distree.runtime.spec import ClusterSpec
 from distree.trace import trace_checkpoint
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Make ``xdist_group`` effective for the runtime tests under ``--dist loadgroup``.
-
-    pytest-xdist groups tests by appending ``@group`` to ``item._nodeid``, which pytest 9 no longer
-    reads (node ids live in ``item._id``), so the marks would be silently ignored and two workers would
-    each start the same cluster. Only this folder's items are touched.
-    """
-    if not getattr(config.option, "loadgroup", False):
-        return
-    from _pytest.nodeid import coerce_node_id
-
-    here = Path(__file__).parent
-    for item in items:
-        mark = item.get_closest_marker("xdist_group")
-        if mark is None or here not in Path(item.path).parents or "@" in item.nodeid or not hasattr(item, "_id"):
-            continue
-        item._id = coerce_node_id(f"{item.nodeid}@{mark.args[0] if mark.args else mark.kwargs.get('name')}")
-
-
 def _robust_threshold(scores: np.ndarray, q: float) -> float:
     u = np.unique(scores)
     lo, hi = np.quantile(scores, max(q - 0.15, 0.0)), np.quantile(scores, min(q + 0.15, 1.0))
