@@ -19,6 +19,7 @@ version ``"1"``):
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -68,7 +69,7 @@ def parse_infer(
     if not 1 <= shape[0] <= max_batch:
         raise BadRequest(f"batch size {shape[0]} is outside 1..{max_batch}")
     dtype = np.dtype(_NP[t.datatype])
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     if len(req.raw_input_contents):
         if len(req.raw_input_contents) != 1:
             raise BadRequest(f"raw_input_contents has {len(req.raw_input_contents)} entries for 1 input")
@@ -131,6 +132,7 @@ class KServeServicer:
     def __init__(self, core: Any) -> None:
         self.core = core
         self.name = core.spec.model_name
+        self._answer_counters: dict[int, Any] = {}
 
     def register(self, server: grpc.aio.Server) -> None:
         table = {
@@ -204,21 +206,27 @@ class KServeServicer:
         tr = context.time_remaining()
         if tr is not None:
             dl = min(dl, now + tr - core.margin)
-        chunk = await core.submit(core.next_ids(b), x, {}, np.full(b, dl))
+        chunk = await core.submit(core.next_ids(b), x, {}, np.full(b, dl), has_deadline=dl != np.inf)
         answers = chunk.answers
         resp = pb.ModelInferResponse(model_name=self.name, model_version="1", id=request.id)
+        exit_nodes = [a.exit_node for a in answers]
+        degraded = [a.degraded for a in answers]
         arrays = {
-            "PROBS": np.asarray([a.probs for a in answers], dtype=np.float32).reshape(b, core.num_classes),
-            "EXIT_NODE": np.asarray([a.exit_node for a in answers], dtype=np.int32),
-            "DEGRADED": np.asarray([a.degraded for a in answers], dtype=np.bool_),
-            "SCORE": np.asarray([a.score for a in answers], dtype=np.float32),
+            "PROBS": lambda: np.array([a.probs for a in answers], dtype=np.float32).reshape(b, core.num_classes),
+            "EXIT_NODE": lambda: np.array(exit_nodes, dtype=np.int32),
+            "DEGRADED": lambda: np.array(degraded, dtype=np.bool_),
+            "SCORE": lambda: np.array([a.score for a in answers], dtype=np.float32),
         }
         for name in outputs:
-            a = arrays[name]
-            resp.outputs.add(name=name, datatype=OUTPUTS[name], shape=list(a.shape))
+            a = arrays[name]()
+            resp.outputs.add(name=name, datatype=OUTPUTS[name], shape=a.shape)
             resp.raw_output_contents.append(a.tobytes())
-        if arrays["DEGRADED"].any():
+        if any(degraded):
             resp.parameters["degraded_reasons"].string_param = ",".join(a.reason for a in answers)
-        for e in arrays["EXIT_NODE"]:
-            core.metrics.answers.labels(node="1", exit_node=str(int(e))).inc()
+        counters = self._answer_counters
+        for e in exit_nodes:
+            c = counters.get(e)
+            if c is None:
+                c = counters[e] = core.metrics.answers.labels(node="1", exit_node=str(e))
+            c.inc()
         return resp

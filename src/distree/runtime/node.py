@@ -28,6 +28,7 @@ import math
 import os
 import signal
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,7 @@ def make_aio_channel(address: str, tls: ClientTLS | None, max_message_bytes: int
     return grpc.aio.secure_channel(address, tls.credentials(), options=opts + tls.options())
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Chunk:
     """Rows that arrived together; answered together once every row has its answer."""
 
@@ -75,6 +76,7 @@ class Chunk:
     state: dict[str, np.ndarray]
     deadline: np.ndarray  # (b,) monotonic seconds by which this node must answer; inf = none
     fut: asyncio.Future
+    has_deadline: bool = True  # False only when every row's deadline is inf (skips the deadline arithmetic)
     t_in: float = field(default_factory=time.monotonic)
     answers: list[node_pb2.Answer | None] = field(default_factory=list)
     pending: int = 0
@@ -221,10 +223,16 @@ class NodeCore:
         self.counts: dict[str, int] = {"rows": 0, "batches": 0, "exits_here": 0, "forwards": 0}
         self.degraded_counts: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"node{k}-compute")
-        self.queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        self.queue: deque[Chunk] = deque()  # chunks waiting while the node is busy (or for a batch)
+        self.busy = False  # a batch is being computed (thread, speed emulation): later rows queue
+        self.rows_inside = 0  # rows between submit and answer (queued, computing or downstream)
+        self._wake: asyncio.Future | None = None  # the worker waits on it for queued rows
         self.successor: Successor | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()
         self._seq = 0
+        self._id_prefix = f"{k}.{os.getpid()}."
+        self._exit_node = k
+        self._answers_counter = self.metrics.exits_here
         self._warmup()
 
     # ------------------------------------------------------------------ compute
@@ -272,12 +280,12 @@ class NodeCore:
             )
             self.successor.on_up.append(lambda: self._spawn(self._seed()))
             self._spawn(self._seed())
-        self._tasks.append(asyncio.get_running_loop().create_task(self._worker()))
+        self._tasks.add(asyncio.get_running_loop().create_task(self._worker()))
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
-        self._tasks.append(t)
-        t.add_done_callback(lambda tt: self._tasks.remove(tt) if tt in self._tasks else None)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     async def _seed(self) -> None:
         """Ask the successor for its compute estimate (it includes its speed profile)."""
@@ -303,49 +311,107 @@ class NodeCore:
     def next_ids(self, n: int) -> list[str]:
         base = self._seq
         self._seq += n
-        return [f"{self.k}.{os.getpid()}.{base + i}" for i in range(n)]
+        p = self._id_prefix
+        return [f"{p}{base + i}" for i in range(n)]
 
-    async def submit(self, ids: list[str], x: np.ndarray, state: dict[str, np.ndarray], deadline: np.ndarray) -> Chunk:
-        """Queue rows and wait for all their answers (the chunk's ``answers``)."""
+    async def submit(
+        self,
+        ids: list[str],
+        x: np.ndarray,
+        state: dict[str, np.ndarray],
+        deadline: np.ndarray,
+        *,
+        has_deadline: bool = True,
+    ) -> Chunk:
+        """Compute rows (or queue them while the node is busy) and wait for all their answers.
+
+        With batching off (``max_batch_size = 1``) a request that finds the node idle runs at once in
+        the caller's task: no queue, no worker hand-off, and its forward to the successor is awaited
+        in place. Otherwise the rows queue for the worker (see ``_next_batch``).
+        """
         loop = asyncio.get_running_loop()
-        chunk = Chunk(ids, x, state, deadline, loop.create_future())
-        self.metrics.requests.inc(len(ids))
-        self.metrics.inflight.inc(len(ids))
-        self.counts["rows"] += len(ids)
-        self.queue.put_nowait(chunk)
+        chunk = Chunk(ids, x, state, deadline, loop.create_future(), has_deadline)
+        n = len(ids)
+        m = self.metrics
+        m.requests.inc(n)
+        m.inflight.inc(n)
+        self.counts["rows"] += n
+        self.rows_inside += n
         try:
-            await chunk.fut
+            if self.max_batch == 1 and not self.busy and not self.queue:
+                fwd = await self._run_batch([chunk], direct=True)
+                if fwd is not None:
+                    await fwd
+            else:
+                self.queue.append(chunk)
+                self._kick()
+                await chunk.fut
         except asyncio.CancelledError:
             chunk.cancelled = True
             raise
         finally:
-            self.metrics.inflight.dec(len(ids))
-        now = time.monotonic()
-        late = int((chunk.deadline < now).sum())
-        if late:
-            self.metrics.deadline_misses.inc(late)
+            m.inflight.dec(n)
+            self.rows_inside -= n
+        if chunk.has_deadline:
+            late = int((chunk.deadline < time.monotonic()).sum())
+            if late:
+                m.deadline_misses.inc(late)
         return chunk
 
     # ------------------------------------------------------------------ batching
+    def _kick(self) -> None:
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _wait_rows(self, timeout: float | None = None) -> bool:
+        """Wait until rows are queued (and the node is free); False on timeout."""
+        loop = asyncio.get_running_loop()
+        while not self.queue or self.busy:
+            self._wake = w = loop.create_future()
+            try:
+                if timeout is None:
+                    await w
+                else:
+                    async with asyncio.timeout(timeout):
+                        await w
+            except TimeoutError:
+                return False
+            finally:
+                self._wake = None
+        return True
+
     async def _next_batch(self) -> list[Chunk]:
-        first = await self.queue.get()
+        """Up to ``max_batch_size`` queued rows (whole chunks, oldest first).
+
+        A batch never waits for more rows when nothing else is inside the node (a lone request on an
+        idle node is dispatched at once). Under load (other rows queued, computing or downstream) a
+        batch that is not full waits for more rows until ``max_queue_delay_ms`` after its first row.
+        """
+        await self._wait_rows()
+        q = self.queue
+        first = q.popleft()
         batch = [first]
         n = len(first.ids)
         if self.max_batch > 1:
-            until = time.monotonic() + self.max_delay
+            until = first.t_in + self.max_delay
             while n < self.max_batch:
+                if q:
+                    c = q.popleft()
+                    batch.append(c)
+                    n += len(c.ids)
+                    continue
+                left = until - time.monotonic()
+                if left <= 0 or self.rows_inside <= n:
+                    break
+                self._wake = w = asyncio.get_running_loop().create_future()
                 try:
-                    c = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    left = until - time.monotonic()
-                    if left <= 0:
-                        break
-                    try:
-                        c = await asyncio.wait_for(self.queue.get(), left)
-                    except TimeoutError:
-                        break
-                batch.append(c)
-                n += len(c.ids)
+                    async with asyncio.timeout(left):
+                        await w
+                except TimeoutError:
+                    break
+                finally:
+                    self._wake = None
         return [c for c in batch if not c.cancelled]
 
     async def _worker(self) -> None:
@@ -363,86 +429,123 @@ class NodeCore:
                     if not c.fut.done():
                         c.fut.set_exception(e)
 
-    async def _run_batch(self, batch: list[Chunk]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _run_batch(self, batch: list[Chunk], direct: bool = False) -> Any:
+        """Compute a batch, answer the rows that exit and forward the rest.
+
+        The forward is spawned as its own task, or returned (a coroutine) for the caller to await
+        when ``direct``.
+        """
+        self.busy = True
+        try:
+            return await self._run_batch_busy(batch, direct)
+        finally:
+            self.busy = False
+            if self.queue:
+                self._kick()
+
+    async def _run_batch_busy(self, batch: list[Chunk], direct: bool) -> Any:
         t_start = time.monotonic()
         if len(batch) == 1:
             c0 = batch[0]
             x, state, deadline, ids = c0.x, c0.state, c0.deadline, c0.ids
+            has_deadline = c0.has_deadline
         else:
             x = np.concatenate([c.x for c in batch])
             deadline = np.concatenate([c.deadline for c in batch])
             ids = [i for c in batch for i in c.ids]
+            has_deadline = any(c.has_deadline for c in batch)
             keys = set().union(*(c.state.keys() for c in batch))
             state = (
                 {key: np.concatenate([c.state[key] for c in batch]) for key in keys}
                 if all(set(c.state) == keys for c in batch)
                 else {}
             )
-        rows = [(c, i) for c in batch for i in range(len(c.ids))]
+        m = self.metrics
         for c in batch:
-            c.queue_s = t_start - c.t_in
-            self.metrics.queue_s.observe(c.queue_s)
-            self.est_queue.update(c.queue_s)
-        if self.inline_compute(nb_rows := len(ids)):
+            c.queue_s = q = t_start - c.t_in
+            m.queue_s.observe(q)
+            self.est_queue.update(q)
+        nb = len(ids)
+        if self.inline_compute(nb):
             h, logits, feats, real = self._compute(x)
         else:
-            h, logits, feats, real = await loop.run_in_executor(self.pool, self._compute, x)
+            h, logits, feats, real = await asyncio.get_running_loop().run_in_executor(self.pool, self._compute, x)
         self.est_pure.update(real)
-        self.est_rows.update(nb_rows)
+        self.est_rows.update(nb)
         if self.speed is not None:
             extra = float(self.speed.stretch(t_start - self.t0, real)) - real
             if extra > 0:
                 await asyncio.sleep(extra)
-        now = time.monotonic()
-        nb = nb_rows
-        has_deadline = bool(np.isfinite(deadline).any())
+        is_last = self.is_last
         inp = ExitInputs(node=self.k - 1, logits=logits, features=feats, state=state)
-        if has_deadline and not self.is_last:
-            inp.remaining_s = deadline - self.margin - now
+        if has_deadline and not is_last:
+            inp.remaining_s = deadline - self.margin - time.monotonic()
             inp.continue_s = self.est_continue()
         dec = self.policy.decide(inp)
-        exit_ = np.asarray(dec.exit, dtype=bool).copy()
-        reason = np.where(dec.qos, "deadline", "").astype(object)
-        if not self.is_last and self.successor is not None and not self.successor.up:
-            forced = ~exit_
-            reason[forced] = "successor-unavailable"
-            exit_[:] = True
+        exits = np.asarray(dec.exit, dtype=bool).tolist()
+        qos = np.asarray(dec.qos, dtype=bool).tolist()
+        forced = not is_last and self.successor is not None and not self.successor.up
         probs = softmax(logits)
         scores = np.asarray(dec.scores, dtype=np.float64)
         compute_s = time.monotonic() - t_start
         self.est_compute.update(compute_s)
         self.compute_samples.add(compute_s)
-        self.metrics.compute_s.observe(compute_s)
-        self.metrics.batch.observe(nb)
+        m.compute_s.observe(compute_s)
+        m.batch.observe(nb)
         self.counts["batches"] += 1
-        for c in batch:
-            c.compute_s = compute_s
-        for j in np.flatnonzero(exit_):
+        if len(batch) == 1:
+            c0.compute_s = compute_s
+            rows = [(c0, i) for i in range(nb)]
+        else:
+            rows = []
+            for c in batch:
+                c.compute_s = compute_s
+                rows.extend((c, i) for i in range(len(c.ids)))
+        go: list[int] = []
+        plist = probs.tolist()
+        slist = scores.tolist()
+        for j in range(nb):
+            if exits[j]:
+                reason = "deadline" if qos[j] else ""
+            elif forced:
+                reason = "successor-unavailable"
+            else:
+                go.append(j)
+                continue
             c, i = rows[j]
-            c.set(i, self._answer(ids[j], probs[j], scores[j], str(reason[j])))
-        go = np.flatnonzero(~exit_)
-        if go.size:
-            sub_state = {key: v[go] for key, v in dec.state.items()} if dec.state else {}
-            self._spawn(
-                self._forward(
-                    [rows[j] for j in go], [ids[j] for j in go], h[go], sub_state, deadline[go], probs[go], scores[go]
-                )
+            c.set(i, self._answer(ids[j], plist[j], slist[j], reason))
+        if not go:
+            return None
+        if len(go) == nb:
+            fwd = self._forward(rows, ids, h, dec.state or {}, deadline, has_deadline, probs, scores)
+        else:
+            gi = np.asarray(go)
+            sub_state = {key: v[gi] for key, v in dec.state.items()} if dec.state else {}
+            fwd = self._forward(
+                [rows[j] for j in go], [ids[j] for j in go], h[gi], sub_state, deadline[gi], has_deadline, probs[gi],
+                scores[gi],
             )
+        if direct:
+            return fwd
+        self._spawn(fwd)
+        return None
 
-    def _answer(self, rid: str, probs: np.ndarray, score: float, reason: str) -> node_pb2.Answer:
+    def _answer(self, rid: str, probs: list[float], score: float, reason: str) -> node_pb2.Answer:
         self.counts["exits_here"] += 1
-        self.metrics.exits_here.inc()
+        self._answers_counter.inc()
         if reason:
             self.degraded_counts[reason] = self.degraded_counts.get(reason, 0) + 1
             self.metrics.degraded.labels(node=self.metrics.node, reason=reason).inc()
+            return node_pb2.Answer(
+                request_id=rid,
+                exit_node=self._exit_node,
+                degraded=True,
+                reason=reason,
+                probs=probs,
+                score=score if math.isfinite(score) else 0.0,
+            )
         return node_pb2.Answer(
-            request_id=rid,
-            exit_node=self.k,
-            degraded=bool(reason),
-            reason=reason,
-            probs=probs.tolist(),
-            score=float(score) if math.isfinite(score) else 0.0,
+            request_id=rid, exit_node=self._exit_node, probs=probs, score=score if math.isfinite(score) else 0.0
         )
 
     # ------------------------------------------------------------------ forwarding
@@ -453,27 +556,32 @@ class NodeCore:
         h: np.ndarray,
         state: dict[str, np.ndarray],
         deadline: np.ndarray,
+        has_deadline: bool,
         probs: np.ndarray,
         scores: np.ndarray,
     ) -> None:
         assert self.successor is not None
         t = time.monotonic()
-        respond_by = deadline - self.margin
         timeout = self.spec.forward_timeout_s
-        if np.isfinite(deadline).all():
-            timeout = min(timeout, float(respond_by.max()) - t)
+        dl_unix: list[float] | np.ndarray
+        if has_deadline:
+            respond_by = deadline - self.margin
+            finite = np.isfinite(respond_by)
+            if finite.all():
+                timeout = min(timeout, float(respond_by.max()) - t)
+            dl_unix = np.where(finite, time.time() + (respond_by - t), 0.0).tolist()
+        else:
+            dl_unix = [0.0] * len(ids)
         reason = ""
         resp = None
         if timeout <= 0:
             reason = "deadline"
         else:
-            wall = time.time()
-            dl_unix = np.where(np.isfinite(respond_by), wall + (respond_by - t), 0.0)
             req = node_pb2.ForwardRequest(
                 request_ids=ids,
                 features=to_proto(h),
-                policy_state=encode_state(state),
-                deadline_unix_s=dl_unix.tolist(),
+                policy_state=encode_state(state) if state else b"",
+                deadline_unix_s=dl_unix,
                 from_node=self.k,
             )
             self.counts["forwards"] += 1
@@ -509,7 +617,8 @@ class NodeCore:
             c.downstream_s = rtt
             a = got.get(ids[j])
             if a is None:
-                a = self._answer(ids[j], probs[j], scores[j], reason or "successor-error")
+                s = float(scores[j])
+                a = self._answer(ids[j], probs[j].tolist(), s, reason or "successor-error")
             c.set(i, a)
 
     # ------------------------------------------------------------------ info
@@ -551,12 +660,12 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
             )
             b = x.shape[0]
             ids = list(request.request_ids)
-            if len(ids) != b or len(set(ids)) != b:
+            if len(ids) != b or (b > 1 and len(set(ids)) != b):
                 raise BadTensor(f"need {b} distinct request_ids (one per row), got {len(ids)}")
-            dls = np.asarray(request.deadline_unix_s, dtype=np.float64)
-            if dls.size not in (0, b):
-                raise BadTensor(f"need 0 or {b} deadlines (one per row), got {dls.size}")
-            state = decode_state(request.policy_state)
+            dls = request.deadline_unix_s
+            if len(dls) not in (0, b):
+                raise BadTensor(f"need 0 or {b} deadlines (one per row), got {len(dls)}")
+            state = decode_state(request.policy_state) if request.policy_state else {}
             for key, v in state.items():
                 if v.shape[:1] != (b,):
                     raise BadTensor(f"policy state {key!r} has leading dimension {v.shape[:1]}, expected ({b},)")
@@ -566,14 +675,24 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             raise  # unreachable: abort raises
         now = time.monotonic()
-        deadline = np.full(b, np.inf)
-        if dls.size:
-            wall = time.time()
-            deadline = np.where(dls > 0, now + (dls - wall), np.inf)
         tr = context.time_remaining()
-        if tr is not None:
-            deadline = np.minimum(deadline, now + tr)
-        chunk = await core.submit(ids, x, state, deadline)
+        if b == 1:
+            d = math.inf
+            if dls and dls[0] > 0:
+                d = now + (dls[0] - time.time())
+            if tr is not None:
+                d = min(d, now + tr)
+            deadline = np.array([d])
+            has_deadline = d != math.inf
+        else:
+            deadline = np.full(b, np.inf)
+            if dls:
+                a = np.asarray(dls, dtype=np.float64)
+                deadline = np.where(a > 0, now + (a - time.time()), np.inf)
+            if tr is not None:
+                deadline = np.minimum(deadline, now + tr)
+            has_deadline = bool(np.isfinite(deadline).any())
+        chunk = await core.submit(ids, x, state, deadline, has_deadline=has_deadline)
         return node_pb2.ForwardResponse(
             answers=chunk.answers,
             compute_s=chunk.compute_s,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .protos import node_pb2
@@ -12,23 +14,23 @@ class BadTensor(ValueError):
 
 
 def to_proto(a: np.ndarray) -> node_pb2.Tensor:
-    a = np.ascontiguousarray(a)
-    return node_pb2.Tensor(dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes())
+    return node_pb2.Tensor(dtype=a.dtype.name, shape=a.shape, data=a.tobytes())  # tobytes is C order
 
 
 def from_proto(t: node_pb2.Tensor, *, dtype: str, row_shape: tuple[int, ...], max_rows: int) -> np.ndarray:
-    """Decode and check a (B, *row_shape) tensor of ``dtype``; zero-copy view of the message bytes."""
+    """Decode and check a (B, *row_shape) tensor of ``dtype`` (one writable copy of the message bytes)."""
     if t.dtype != dtype:
         raise BadTensor(f"features dtype is {t.dtype!r}, this node expects {dtype!r}")
-    shape = tuple(int(s) for s in t.shape)
+    shape = tuple(t.shape)
     if len(shape) != 1 + len(row_shape) or shape[1:] != tuple(row_shape):
         raise BadTensor(f"features shape is {list(shape)}, this node expects [B, {', '.join(map(str, row_shape))}]")
     if not 1 <= shape[0] <= max_rows:
         raise BadTensor(f"batch size {shape[0]} is outside 1..{max_rows}")
-    want = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if len(t.data) != want:
-        raise BadTensor(f"features carry {len(t.data)} bytes but shape {list(shape)} of {dtype} needs {want}")
-    return np.frombuffer(t.data, dtype=dtype).reshape(shape)
+    data = t.data  # each access of a bytes field makes a new bytes object: read it once
+    want = math.prod(shape) * np.dtype(dtype).itemsize
+    if len(data) != want:
+        raise BadTensor(f"features carry {len(data)} bytes but shape {list(shape)} of {dtype} needs {want}")
+    return np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
 
 
 def check_finite(x: np.ndarray, what: str) -> None:
