@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -353,9 +354,10 @@ class NodeCore:
             m.inflight.dec(n)
             self.rows_inside -= n
         if chunk.has_deadline:
-            late = int((chunk.deadline < time.monotonic()).sum())
+            now = time.monotonic()
+            late = (chunk.deadline[0] < now) if n == 1 else int((chunk.deadline < now).sum())
             if late:
-                m.deadline_misses.inc(late)
+                m.deadline_misses.inc(int(late))
         return chunk
 
     # ------------------------------------------------------------------ batching
@@ -485,7 +487,9 @@ class NodeCore:
         exits = np.asarray(dec.exit, dtype=bool).tolist()
         qos = np.asarray(dec.qos, dtype=bool).tolist()
         forced = not is_last and self.successor is not None and not self.successor.up
-        probs = softmax(logits)
+        # probabilities only for rows answered here (forwarded rows get them from their exit node)
+        answer_here = forced or any(exits)
+        plist = softmax(logits).tolist() if answer_here else []
         scores = np.asarray(dec.scores, dtype=np.float64)
         compute_s = time.monotonic() - t_start
         self.est_compute.update(compute_s)
@@ -501,28 +505,36 @@ class NodeCore:
             for c in batch:
                 c.compute_s = compute_s
                 rows.extend((c, i) for i in range(len(c.ids)))
-        go: list[int] = []
-        plist = probs.tolist()
-        slist = scores.tolist()
-        for j in range(nb):
-            if exits[j]:
-                reason = "deadline" if qos[j] else ""
-            elif forced:
-                reason = "successor-unavailable"
-            else:
-                go.append(j)
-                continue
-            c, i = rows[j]
-            c.set(i, self._answer(ids[j], plist[j], slist[j], reason))
+        if not answer_here:
+            go = list(range(nb))
+        else:
+            go = []
+            slist = scores.tolist()
+            for j in range(nb):
+                if exits[j]:
+                    reason = "deadline" if qos[j] else ""
+                elif forced:
+                    reason = "successor-unavailable"
+                else:
+                    go.append(j)
+                    continue
+                c, i = rows[j]
+                c.set(i, self._answer(ids[j], plist[j], slist[j], reason))
         if not go:
             return None
         if len(go) == nb:
-            fwd = self._forward(rows, ids, h, dec.state or {}, deadline, has_deadline, probs, scores)
+            fwd = self._forward(rows, ids, h, dec.state or {}, deadline, has_deadline, logits, scores)
         else:
             gi = np.asarray(go)
             sub_state = {key: v[gi] for key, v in dec.state.items()} if dec.state else {}
             fwd = self._forward(
-                [rows[j] for j in go], [ids[j] for j in go], h[gi], sub_state, deadline[gi], has_deadline, probs[gi],
+                [rows[j] for j in go],
+                [ids[j] for j in go],
+                h[gi],
+                sub_state,
+                deadline[gi],
+                has_deadline,
+                logits[gi],
                 scores[gi],
             )
         if direct:
@@ -557,14 +569,22 @@ class NodeCore:
         state: dict[str, np.ndarray],
         deadline: np.ndarray,
         has_deadline: bool,
-        probs: np.ndarray,
+        logits: np.ndarray,
         scores: np.ndarray,
     ) -> None:
+        """Send rows to the successor; answer each with this node's exit (degraded) if no answer comes back."""
         assert self.successor is not None
         t = time.monotonic()
         timeout = self.spec.forward_timeout_s
         dl_unix: list[float] | np.ndarray
-        if has_deadline:
+        if has_deadline and len(ids) == 1:
+            respond_by = float(deadline[0]) - self.margin
+            if respond_by != math.inf:
+                timeout = min(timeout, respond_by - t)
+                dl_unix = [time.time() + (respond_by - t)]
+            else:
+                dl_unix = [0.0]
+        elif has_deadline:
             respond_by = deadline - self.margin
             finite = np.isfinite(respond_by)
             if finite.all():
@@ -613,12 +633,14 @@ class NodeCore:
             self.est_hop.update(max(hop - resp.queue_s, 0.0))
             self.est_next.update(resp.queue_s + resp.compute_s)
             got = {a.request_id: a for a in resp.answers}
+        probs = None
         for j, (c, i) in enumerate(rows):
             c.downstream_s = rtt
             a = got.get(ids[j])
             if a is None:
-                s = float(scores[j])
-                a = self._answer(ids[j], probs[j].tolist(), s, reason or "successor-error")
+                if probs is None:
+                    probs = softmax(logits)
+                a = self._answer(ids[j], probs[j].tolist(), float(scores[j]), reason or "successor-error")
             c.set(i, a)
 
     # ------------------------------------------------------------------ info
@@ -740,6 +762,10 @@ async def serve_node(
         core.metrics.serve(node.metrics_port)
     await core.start()
     await server.start()
+    # everything allocated so far (model, modules, imports) lives as long as the process: keep it out of
+    # the garbage collector's passes, so collections during requests only look at per-request objects
+    gc.collect()
+    gc.freeze()
     for s in services:
         await health.set(s, health_pb2.HealthCheckResponse.SERVING)
     log.info(
