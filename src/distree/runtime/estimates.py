@@ -38,6 +38,11 @@ class Samples:
     def add(self, x: float) -> None:
         self.buf.append(float(x))
 
+    def last(self, n: int) -> list[float]:
+        """The newest ``n`` samples, oldest first."""
+        k = len(self.buf)
+        return [self.buf[i] for i in range(max(0, k - n), k)]
+
     def summary(self) -> dict[str, float]:
         if not self.buf:
             return {"n": 0}

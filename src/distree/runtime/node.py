@@ -652,6 +652,12 @@ class NodeCore:
             "wire_s": self.wire_samples.summary(),
             "compute_s": self.compute_samples.summary(),
             "est_continue_s": self.est_continue(),
+            # the latest samples themselves (newest last), for medians over a chosen stretch of requests
+            "recent": {
+                "hop_s": self.hop_samples.last(512),
+                "wire_s": self.wire_samples.last(512),
+                "compute_s": self.compute_samples.last(512),
+            },
         }
         return node_pb2.InfoResponse(
             node=self.k,
