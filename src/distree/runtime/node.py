@@ -340,7 +340,11 @@ class NodeCore:
         self.rows_inside += n
         try:
             if self.max_batch == 1 and not self.busy and not self.queue:
-                fwd = await self._run_batch([chunk], direct=True)
+                try:
+                    fwd = await self._run_batch([chunk], direct=True)
+                except Exception:
+                    log.exception("batch failed", extra={"event": "batch_error"})
+                    raise
                 if fwd is not None:
                     await fwd
             else:
