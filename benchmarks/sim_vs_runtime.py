@@ -204,7 +204,9 @@ def run_runtime(
     nn = len(spec.nodes)
     compute = np.array([mean_of_new("compute_s", k) for k in range(nn)])
     # spread of each node's compute time: a lognormal's mean / median = exp(sigma^2 / 2)
-    ratio = [after[k]["compute_s"]["mean"] / max(after[k]["compute_s"]["median"], 1e-12) for k in range(nn)]
+    # (a node no request reached has no samples: no spread)
+    ratio = [after[k]["compute_s"].get("mean", 1.0) / max(after[k]["compute_s"].get("median", 1.0), 1e-12)
+             for k in range(nn)]
     cv = np.sqrt(np.expm1(2.0 * np.log(np.maximum(ratio, 1.0))))
     hop = np.array([mean_of_new("hop_s", k) for k in range(nn - 1)])
     uplink = float(np.mean(seq)) - float(np.sum(compute)) - float(np.sum(hop))
