@@ -72,7 +72,11 @@ def build_request(
     for o in outputs or ():
         req.outputs.add(name=o)
     if timeout_s is not None:
+        now_us = int(time.time() * 1e6)
         req.parameters["timeout"].int64_param = max(1, int(timeout_s * 1e6))
+        # absolute deadline and send time: exact where clocks are synchronised (node 1 takes the earliest)
+        req.parameters["deadline_unix_us"].int64_param = now_us + max(1, int(timeout_s * 1e6))
+        req.parameters["sent_unix_us"].int64_param = now_us
     return req
 
 

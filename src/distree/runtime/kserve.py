@@ -12,8 +12,13 @@ version ``"1"``):
   because of the deadline or a failed/slow successor), ``SCORE`` (FP32 ``[B]``, the policy score at
   the exit); all four unless the request names a subset. Degraded rows also get a response
   parameter ``degraded_reasons`` (comma-separated, one entry per row, empty for normal rows).
-- deadline: the request parameter ``timeout`` (int64, microseconds, as the protocol defines it)
-  and/or the gRPC deadline of the call; the earlier one wins.
+- deadline: the request parameter ``timeout`` (int64, microseconds, as the protocol defines it,
+  counted from the request's arrival at node 1) and/or the gRPC deadline of the call, and/or the
+  parameter ``deadline_unix_us`` (int64, absolute wall-clock deadline in microseconds since the
+  epoch, for clients whose clock is synchronised with the nodes'); the earliest wins. With
+  ``sent_unix_us`` (int64, the client's wall clock when it sent the request) node 1 also measures
+  the client link's one-way time and keeps that much for the answer's way back; without it, it
+  keeps ``return_margin_ms``.
 """
 
 from __future__ import annotations
@@ -117,6 +122,11 @@ def parse_infer(
         if us <= 0:
             raise BadRequest(f"parameter 'timeout' must be > 0 microseconds, got {us}")
         timeout = us / 1e6
+    for name in ("deadline_unix_us", "sent_unix_us"):
+        if name in req.parameters:
+            kind = req.parameters[name].WhichOneof("parameter_choice")
+            if kind not in ("int64_param", "uint64_param") or getattr(req.parameters[name], kind) <= 0:
+                raise BadRequest(f"parameter {name!r} must be a positive integer (microseconds since the epoch)")
     outputs = [o.name for o in req.outputs] or list(OUTPUTS)
     for o in outputs:
         if o not in OUTPUTS:
@@ -124,6 +134,10 @@ def parse_infer(
     if len(set(outputs)) != len(outputs):
         raise BadRequest("an output is requested twice")
     return x, timeout, outputs
+
+
+def _int_param(p: Any) -> int:
+    return int(getattr(p, p.WhichOneof("parameter_choice")))
 
 
 class KServeServicer:
@@ -200,9 +214,17 @@ class KServeServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             raise  # unreachable
         b = x.shape[0]
+        params = request.parameters
+        # the answer's way back to the client: measured from the client's send time when it gives one
+        back = core.margin
+        if "sent_unix_us" in params:
+            up = time.time() - _int_param(params["sent_unix_us"]) / 1e6
+            back = max(core.margin, min(up, 10.0))
         dl = np.inf
         if timeout is not None:
-            dl = now + timeout
+            dl = now + timeout - core.margin
+        if "deadline_unix_us" in params:
+            dl = min(dl, now + (_int_param(params["deadline_unix_us"]) / 1e6 - time.time()) - back)
         tr = context.time_remaining()
         if tr is not None:
             dl = min(dl, now + tr - core.margin)

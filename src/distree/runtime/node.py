@@ -13,9 +13,11 @@ Failure and deadlines. Node K keeps its own exit's answer for every row it forwa
 answer comes back. If the call fails (successor down, too slow, cancelled), node K answers those
 rows itself and marks them degraded: no request is lost while any node that computed it is alive.
 Each row has a deadline by which this node must answer its caller; a forward gets that deadline
-minus ``return_margin_ms`` (time for the answer to travel back) as its gRPC timeout, and the
-policy's QoS rule exits early when the estimated time to the successor's answer (EWMA transport
-time + the successor's EWMA queue + compute time) exceeds what is left.
+minus the answer's way back (half the link's measured round-trip transport time, EWMA, plus
+``return_margin_ms``) as the successor's deadline and its gRPC timeout, so every node keeps time to
+answer itself if the successor is late. The policy's QoS rule exits early when the estimated time
+to the successor's answer (EWMA transport round trip + the successor's EWMA queue + compute time)
+exceeds what is left.
 """
 
 from __future__ import annotations
@@ -267,6 +269,11 @@ class NodeCore:
         if mode != "auto":
             return mode == "inline"
         return self.est_pure.value * max(1.0, rows / max(self.est_rows.value, 1.0)) <= self.inline_max_s
+
+    def back_s(self) -> float:
+        """Time an answer from the successor needs to get here and be passed on: half the measured
+        round-trip transport time of the link (EWMA) plus ``return_margin_ms``."""
+        return self.margin + 0.5 * self.est_hop.value
 
     def est_continue(self) -> float:
         """Estimated seconds from now until the successor's answer for a row forwarded now."""
@@ -582,14 +589,14 @@ class NodeCore:
         timeout = self.spec.forward_timeout_s
         dl_unix: list[float] | np.ndarray
         if has_deadline and len(ids) == 1:
-            respond_by = float(deadline[0]) - self.margin
+            respond_by = float(deadline[0]) - self.back_s()
             if respond_by != math.inf:
                 timeout = min(timeout, respond_by - t)
                 dl_unix = [time.time() + (respond_by - t)]
             else:
                 dl_unix = [0.0]
         elif has_deadline:
-            respond_by = deadline - self.margin
+            respond_by = deadline - self.back_s()
             finite = np.isfinite(respond_by)
             if finite.all():
                 timeout = min(timeout, float(respond_by.max()) - t)
