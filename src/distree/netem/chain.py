@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._proc import pid_alive
 from ._cmd import NetemError, NetemUnavailable, in_netns, run, tool
 from .capability import Capabilities, probe
 
@@ -699,20 +700,6 @@ def _pids_in(ns: str) -> list[int]:
     return [int(x) for x in p.stdout.split() if x.isdigit() and int(x) != os.getpid()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _stop_processes(namespaces: Sequence[str], procs: Sequence[subprocess.Popen[Any]], timeout: float) -> None:
     """SIGTERM everything started in / still running in the namespaces; SIGKILL what is left after ``timeout``."""
     pids = {p.pid for p in procs if p.poll() is None}
@@ -725,13 +712,13 @@ def _stop_processes(namespaces: Sequence[str], procs: Sequence[subprocess.Popen[
     while time.monotonic() < deadline:
         for p in procs:
             p.poll()
-        if not any(_alive(pid) for pid in pids):
+        if not any(pid_alive(pid) for pid in pids):
             break
         time.sleep(0.02)
     for ns in namespaces:
         pids.update(_pids_in(ns))
     for pid in pids:
-        if _alive(pid):
+        if pid_alive(pid):
             log.warning("process %d did not stop within %.1f s of SIGTERM; killing it", pid, timeout)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -755,7 +742,7 @@ def cleanup_stale(prefix: str = "dt") -> list[str]:
     Only names of the form ``PREFIX-PID-RAND-ROLE`` whose PID no longer runs are touched; live
     chains of other processes are left alone. Returns the deleted names.
     """
-    stale = [n for n in list_namespaces(prefix) if not _alive(int(_NAME_RE.match(n)["pid"]))]  # type: ignore[index]
+    stale = [n for n in list_namespaces(prefix) if not pid_alive(int(_NAME_RE.match(n)["pid"]))]  # type: ignore[index]
     _stop_processes(stale, [], timeout=3.0)
     removed = []
     for name in stale:

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .._proc import pid_alive
 from .client import wait_healthy
 from .spec import ClusterSpec
 from .tls import spec_client_tls
@@ -30,22 +31,12 @@ def node_command(spec_path: str | Path, k: int, *, json_logs: bool = True) -> li
     return cmd
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _pid_is_node(pid: int) -> bool:
     """True if ``pid`` runs ``distree serve`` (guards against pids reused by other programs)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _alive(pid)
+        return pid_alive(pid)
     return b"serve" in cmd and any(b"distree" in c for c in cmd)
 
 
@@ -185,7 +176,7 @@ def stop_from_pid_file(spec: ClusterSpec, timeout_s: float = 15.0) -> dict[int, 
         raise ValueError(f"pid file {f} is corrupt ({e}); stop the nodes by hand and delete it") from e
     result: dict[int, str] = {}
     for k, pid in pids.items():
-        if _alive(pid) and _pid_is_node(pid):
+        if pid_alive(pid) and _pid_is_node(pid):
             os.kill(pid, signal.SIGTERM)
             result[k] = "stopping"
         else:
@@ -194,9 +185,9 @@ def stop_from_pid_file(spec: ClusterSpec, timeout_s: float = 15.0) -> dict[int, 
     for k, pid in pids.items():
         if result[k] != "stopping":
             continue
-        while _alive(pid) and time.monotonic() < end:
+        while pid_alive(pid) and time.monotonic() < end:
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
             result[k] = "killed"
         else:
