@@ -35,9 +35,16 @@ def make_step(nodes: int, objective: str, batch: int):
 
     def step() -> None:
         outs = net(x)
-        loss, _ = distree_loss([o.logits for o in outs], [o.features for o in outs], y,
-                               ce_weights=cfg.exit_weights(), kd_weight=cfg.kd_weight or 0.0,
-                               temperature=cfg.kd_temperature, ft_weight=cfg.ft_weight or 0.0, projections=proj)
+        loss, _ = distree_loss(
+            [o.logits for o in outs],
+            [o.features for o in outs],
+            y,
+            ce_weights=cfg.exit_weights(),
+            kd_weight=cfg.kd_weight or 0.0,
+            temperature=cfg.kd_temperature,
+            ft_weight=cfg.ft_weight or 0.0,
+            projections=proj,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -54,8 +61,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    runs = {"multi-exit 4 nodes, distree objective": make_step(4, "distree", args.batch),
-            "plain WRN-16-2, CE": make_step(1, "ce", args.batch)}
+    runs = {
+        "multi-exit 4 nodes, distree objective": make_step(4, "distree", args.batch),
+        "plain WRN-16-2, CE": make_step(1, "ce", args.batch),
+    }
     for step in runs.values():
         step()  # warm-up
     ips: dict[str, list[float]] = {k: [] for k in runs}
@@ -65,8 +74,10 @@ def main() -> None:
             for _ in range(args.steps):
                 step()
             ips[name].append(args.steps * args.batch / (time.perf_counter() - t0))
-    print(f"# train throughput, WRN-16-2 on 32x32x3, batch {args.batch}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.rounds} alternating rounds x {args.steps} steps")
+    print(
+        f"# train throughput, WRN-16-2 on 32x32x3, batch {args.batch}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; median of {args.rounds} alternating rounds x {args.steps} steps"
+    )
     med = {k: statistics.median(v) for k, v in ips.items()}
     for k, v in med.items():
         print(f"{k:40s} {v:8.1f} images/s  (rounds: {', '.join(f'{x:.1f}' for x in ips[k])})")

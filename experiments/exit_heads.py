@@ -33,8 +33,10 @@ def saving(trace, thr: float) -> tuple[float, float]:
 
 def main() -> None:
     folder = Path(sys.argv[1])
-    print("| head | head FLOPs % of segment (exits 1-3) | test acc % per exit | thr | val drop pp | "
-          "test drop pp | test saving % |")
+    print(
+        "| head | head FLOPs % of segment (exits 1-3) | test acc % per exit | thr | val drop pp | "
+        "test drop pp | test saving % |"
+    )
     print("|---|---|---|---|---|---|---|")
     for run in sys.argv[2:]:
         val = load_trace(folder / f"{run}.val.trace.safetensors")
@@ -49,9 +51,11 @@ def main() -> None:
                 best = (thr, sv)
         acc_val, _ = saving(val, best[0])
         acc, sv = saving(test, best[0])
-        print(f"| {run} | {' / '.join(f'{f:.2f}' for f in frac)} | "
-              f"{' / '.join(f'{a * 100:.1f}' for a in test.exit_accuracy())} | {best[0]:.3f} | "
-              f"{(base_val - acc_val) * 100:.2f} | {(test.correct[:, -1].mean() - acc) * 100:.2f} | {sv * 100:.1f} |")
+        print(
+            f"| {run} | {' / '.join(f'{f:.2f}' for f in frac)} | "
+            f"{' / '.join(f'{a * 100:.1f}' for a in test.exit_accuracy())} | {best[0]:.3f} | "
+            f"{(base_val - acc_val) * 100:.2f} | {(test.correct[:, -1].mean() - acc) * 100:.2f} | {sv * 100:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,18 @@ def trace_cmd(
             p.update(task, completed=done, total=total, info="samples")
 
         tr = guarded(
-            lambda: trace_checkpoint(checkpoint, split, data_dir=data_dir, dataset=dataset, batch_size=batch_size,
-                                     device=device, limit=limit, on_batch=on_batch),
-            CheckpointError, DatasetError,
+            lambda: trace_checkpoint(
+                checkpoint,
+                split,
+                data_dir=data_dir,
+                dataset=dataset,
+                batch_size=batch_size,
+                device=device,
+                limit=limit,
+                on_batch=on_batch,
+            ),
+            CheckpointError,
+            DatasetError,
         )
     tr.save(out)
     acc = " ".join(f"{a * 100:.2f}" for a in tr.exit_accuracy())
