@@ -18,8 +18,6 @@ import typer
 from . import app
 from ._common import console, fail
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "scenarios"
-
 
 def _run(args: list[str]) -> None:
     console.print(f"\n[bold cyan]$ distree {shlex.join(args)}[/]")
