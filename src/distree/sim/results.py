@@ -172,7 +172,8 @@ _COLUMNS = [
     ("latency_p95_s", "p95 ms", "{:.2f}", 1000),
     ("latency_p99_s", "p99 ms", "{:.2f}", 1000),
     ("deadline_miss_rate", "miss %", "{:.2f}", 100),
-    ("degraded_rate", "degraded %", "{:.2f}", 100),
+    ("qos_exit_rate", "QoS exit %", "{:.2f}", 100),  # exited early for the deadline (runtime: degraded, "deadline")
+    ("degraded_rate", "degraded %", "{:.2f}", 100),  # answered early because a successor was down
     ("throughput_per_s", "req/s", "{:.1f}"),
 ]
 
