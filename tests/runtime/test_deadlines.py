@@ -44,3 +44,32 @@ def test_compute_estimate_follows_the_speed_profile(rt, tmp_path):
 
     fast, slow = asyncio.run(run())
     assert slow > 5 * fast, (fast, slow)  # the speed drops 50x at t = 0.6 s
+
+
+@pytest.mark.parametrize("speed,expected_ms", [(None, 30.0), ({"kind": "constant", "factor": 0.5}, 60.0)])
+def test_nominal_compute_emulates_a_profiled_device(rt, tmp_path, speed, expected_ms):
+    """With ``nominal_compute_ms`` the node takes the device's nominal time (stretched by its speed), not the host's."""
+    extra: dict = {"nominal_compute_ms": 30.0}
+    if speed:
+        extra["speed"] = speed
+    spec = load_spec(write_spec(rt, f"nominal{expected_ms:.0f}", node_extra={4: extra}).path)
+    assert spec.node(4).nominal_compute_ms == 30.0
+    shape = tuple(rt.trace.cost.hop_shapes[2])
+
+    async def run() -> tuple[float, list[float]]:
+        core = NodeCore(spec, 4)
+        await core.start()
+        x = np.zeros((1, *shape), np.float32)
+        took = []
+        try:
+            for i in range(6):
+                t = time.monotonic()
+                await core.submit([f"n{i}"], x, {}, np.full(1, np.inf))
+                took.append(time.monotonic() - t)
+        finally:
+            await core.close()
+        return core.est_compute.value, took
+
+    est, took = asyncio.run(run())
+    assert 0.9 * expected_ms <= 1000 * est <= 1.5 * expected_ms, est
+    assert 0.9 * expected_ms <= 1000 * float(np.median(took)) <= 2.0 * expected_ms, took

@@ -24,6 +24,7 @@ def test_bad_spec_errors_name_the_problem(rt, tmp_path):
         "tls without certs": ({**good, "tls": {"ca": str(rt.policy)}}, "needs 'cert' and 'key'"),
         "batching": ({**good, "batching": {"max_batch_size": 0}}, "max_batch_size >= 1"),
         "speed": ({**good, "nodes": [{"address": "a:1", "speed": {"kind": "warp"}}]}, "unknown kind"),
+        "nominal": ({**good, "nodes": [{"address": "a:1", "nominal_compute_ms": -1}]}, "nominal_compute_ms must be"),
         "type": ({**good, "threads": "two"}, "'threads' must be a int"),
         "missing file": ({**good, "policy": "nope.json"}, "does not exist"),
         "compute mode": ({**good, "compute_mode": "gpu"}, "compute_mode"),

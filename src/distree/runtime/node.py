@@ -208,6 +208,8 @@ class NodeCore:
         self.model_label = str(self.sidecar.get("model", getattr(model, "model_name", "")))
         self.is_last = k == spec.num_nodes
         self.speed = speed_profile_from_spec(self.node_spec.speed) if self.node_spec.speed else None
+        nominal = self.node_spec.nominal_compute_ms
+        self.nominal_s = None if nominal is None else nominal / 1000.0  # emulated device: seconds per row
         self.t0 = time.monotonic()
         self.margin = spec.return_margin_ms / 1000.0
         self.max_batch = spec.batching.max_batch_size
@@ -258,10 +260,17 @@ class NodeCore:
         times = [self._compute(x)[3] for _ in range(3)]
         c = min(times)
         self.est_pure.default = c
-        if self.speed is not None:
-            c = float(self.speed.stretch(0.0, c))
+        c = self.emulated_s(0.0, c, 1)
         self.est_compute.default = c
         self.est_next.default = c  # until the successor tells its own (see _seed)
+
+    def emulated_s(self, t: float, real: float, rows: int) -> float:
+        """Seconds a batch takes on the emulated device: the nominal work (``nominal_compute_ms`` per row,
+        else the measured ``real``) stretched by the speed profile from time ``t`` on; never less than ``real``."""
+        work = real if self.nominal_s is None else self.nominal_s * rows
+        if self.speed is not None:
+            work = float(self.speed.stretch(t, work))
+        return max(work, real)
 
     def inline_compute(self, rows: int) -> bool:
         """Compute on the event loop (no thread hand-off) when it is short, else in the compute thread."""
@@ -485,8 +494,8 @@ class NodeCore:
             h, logits, feats, real = await asyncio.get_running_loop().run_in_executor(self.pool, self._compute, x)
         self.est_pure.update(real)
         self.est_rows.update(nb)
-        if self.speed is not None:
-            extra = float(self.speed.stretch(t_start - self.t0, real)) - real
+        if self.speed is not None or self.nominal_s is not None:
+            extra = self.emulated_s(t_start - self.t0, real, nb) - real
             if extra > 0:
                 await asyncio.sleep(extra)
         is_last = self.is_last

@@ -31,6 +31,9 @@ Example (paths are relative to the spec file)::
     cert = "certs/node1.pem"           # with [tls]: this node's certificate and key
     key = "certs/node1.key"
     speed = { kind = "constant", factor = 0.5 }   # optional emulated speed profile
+    nominal_compute_ms = 1.3           # optional: emulate a device whose segment + exit take this long per
+                                       # row at speed 1 (e.g. from `distree profile-device`), instead of
+                                       # stretching the host's measured compute time
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class NodeSpec:
     cert: Path | None = None
     key: Path | None = None
     speed: dict[str, Any] | None = None
+    nominal_compute_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ _TOP = {
     "batching",
     "tls",
 }
-_NODE = {"address", "segment", "listen", "metrics_port", "cert", "key", "speed"}
+_NODE = {"address", "segment", "listen", "metrics_port", "cert", "key", "speed", "nominal_compute_ms"}
 _TLS = {"ca", "client_auth", "client_cert", "client_key", "server_name"}
 _BATCH = {"max_batch_size", "max_queue_delay_ms"}
 
@@ -213,7 +217,10 @@ def parse_spec(data: dict[str, Any], path: str | Path = "<memory>", *, check_fil
         speed = n.get("speed")
         if speed is not None:
             speed = _speed(base, w, speed, check_files)
-        nodes.append(NodeSpec(seg, addr, listen, mport, cert, key, speed))
+        nominal = _typed(w, n, "nominal_compute_ms", (int, float))
+        if nominal is not None and (isinstance(nominal, bool) or not 0 < float(nominal) < 3.6e6):
+            raise SpecError(f"{w}: nominal_compute_ms must be a positive number of milliseconds, got {nominal!r}")
+        nodes.append(NodeSpec(seg, addr, listen, mport, cert, key, speed, None if nominal is None else float(nominal)))
     segs = sorted(n.segment for n in nodes)
     if segs != list(range(1, len(nodes) + 1)):
         raise SpecError(
