@@ -320,14 +320,27 @@ def print_calibration(cal: dict[str, Any], n_cal: int) -> None:
           f"sequential latency {cal['sequential_s'] * 1e3:.2f}")  # fmt: skip
 
 
-def run_cluster(tmp: Path, tag: str, ckpt: Path, pfile: Path, n: int, x: np.ndarray, reqs: Any, n_cal: int,
-                speed: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """A LocalCluster of ``n`` nodes (each with the speed profile, if any) running ``reqs`` (or a schedule)."""
+def run_cluster(
+    tmp: Path,
+    tag: str,
+    ckpt: Path,
+    pfile: Path,
+    n: int,
+    x: np.ndarray,
+    reqs: Any,
+    n_cal: int,
+    speed: dict[str, Any] | None = None,
+    nominal_ms: list[float] | None = None,
+) -> dict[str, Any]:
+    """A LocalCluster of ``n`` nodes (each with the speed profile and nominal compute time, if any) running
+    ``reqs`` (or a schedule)."""
     ports = free_ports(n)
     nodes: list[dict[str, Any]] = [{"address": f"127.0.0.1:{p}"} for p in ports]
-    if speed is not None:
-        for nd in nodes:
+    for k, nd in enumerate(nodes):
+        if speed is not None:
             nd["speed"] = speed
+        if nominal_ms is not None:
+            nd["nominal_compute_ms"] = float(nominal_ms[k])
     spec_path = tmp / f"{tag}.toml"
     spec_path.write_text(spec_toml(ckpt, pfile, nodes, threads=1))
     return run_runtime(spec_path, x, reqs if callable(reqs) else (reqs.arrival_s, reqs.sample), n_cal=n_cal)
@@ -466,6 +479,21 @@ def main() -> None:
                 rows.append(compare(name, label, simulate(scen, trace, pol).records, rt))
         print_table(f"{n_req} requests per policy, Poisson {rate:.2f}/s, emulated edge devices (factor "
                     f"{factor:.4f}), loopback links, no deadline", rows, ("in-situ calibration",))  # fmt: skip
+
+        # ------------------------------------------------ nodes emulating the offline profile itself
+        # nominal_compute_ms = the idle-gap profile: each node takes profile / factor, whatever the host does
+        label = "offline profile x factor (nodes emulate it)"
+        nom = (idle * 1e3).tolist()
+        rows_nom = []
+        for name, pol in policies.items():
+            rt_nom = run_cluster(tmp, f"nom-{name}", ckpt, pfiles[name], n, x, chosen["reqs"], 10, speed, nom)
+            rows_nom.append(compare(name, label, simulate(sc_idle, trace, pol).records, rt_nom))
+        print_table(
+            f"same arrivals; every node emulates its offline profile (nominal_compute_ms = idle-gap profile, "
+            f"factor {factor:.4f}): the simulator needs no measurement on the cluster",
+            rows_nom,
+            (label,),
+        )
 
         # ------------------------------------------------ the machine's own speed (CPU-contended)
         if args.native:
