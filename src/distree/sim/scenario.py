@@ -201,6 +201,28 @@ def _resolve_paths(spec: Any, base: Path) -> Any:
     return spec
 
 
+def _overrides(
+    items: Any, table: str, index_key: str, index_help: str, keys: set[str], validate: Any, path_key: str, base: Path
+) -> dict[int, dict[str, Any]]:
+    """Per-node / per-hop override tables (``[[devices.nodes]]``, ``[[network.hop]]``), validated, by 0-based index."""
+    section, name = table.split(".")
+    if not isinstance(items, list):
+        raise ScenarioError(f"[{section}] {name} must be an array of tables ([[{table}]])")
+    out: dict[int, dict[str, Any]] = {}
+    for j, item in enumerate(items):
+        where = f"{table} #{j + 1}"
+        _check_keys(item, keys | {index_key}, where)
+        if index_key not in item:
+            raise ScenarioError(f"[{where}] needs {index_key} = {index_help}")
+        k = _num(item, index_key, where, lo=1, integer=True) - 1
+        over = {kk: vv for kk, vv in item.items() if kk != index_key}
+        validate(over, where)  # validate now
+        if path_key in over:
+            over[path_key] = _resolve_paths(over[path_key], base)
+        out[k] = over
+    return out
+
+
 def parse_scenario(data: dict[str, Any], base_dir: str | Path | None = None) -> Scenario:
     """Validate a scenario mapping (as read from TOML) into a :class:`Scenario`."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -249,20 +271,10 @@ def parse_scenario(data: dict[str, Any], base_dir: str | Path | None = None) -> 
         raise ScenarioError(f"[devices] use must be 'auto', 'seconds' or 'flops', got {sc.profile_use!r}")
     sc.device_default = _device_spec({k: v for k, v in dv.items() if k in _DEVICE}, "devices")
     sc.device_default.speed = _resolve_paths(sc.device_default.speed, base)
-    nodes = dv.get("nodes", [])
-    if not isinstance(nodes, list):
-        raise ScenarioError("[devices] nodes must be an array of tables ([[devices.nodes]])")
-    for j, nd in enumerate(nodes):
-        where = f"devices.nodes #{j + 1}"
-        _check_keys(nd, _DEVICE | {"node"}, where)
-        if "node" not in nd:
-            raise ScenarioError(f"[{where}] needs node = <1-based node number>")
-        k = _num(nd, "node", where, lo=1, integer=True) - 1
-        over = {kk: vv for kk, vv in nd.items() if kk != "node"}
-        _device_spec(over, where)  # validate now
-        if "speed" in over:
-            over["speed"] = _resolve_paths(over["speed"], base)
-        sc.device_nodes[k] = over
+    sc.device_nodes.update(
+        _overrides(dv.get("nodes", []), "devices.nodes", "node", "<1-based node number>", _DEVICE, _device_spec,
+                   "speed", base)
+    )  # fmt: skip
 
     net = _check_keys(data.get("network", {}), _NETWORK, "network")
     sc.return_mode = str(net.get("return", "chain"))
@@ -273,20 +285,10 @@ def parse_scenario(data: dict[str, Any], base_dir: str | Path | None = None) -> 
     sc.uplink.bandwidth = _resolve_paths(sc.uplink.bandwidth, base)
     sc.hop_default = _link_spec(_check_keys(net.get("hops", {}), _LINK, "network.hops"), "network.hops")
     sc.hop_default.bandwidth = _resolve_paths(sc.hop_default.bandwidth, base)
-    hops = net.get("hop", [])
-    if not isinstance(hops, list):
-        raise ScenarioError("[network] hop must be an array of tables ([[network.hop]])")
-    for j, hd in enumerate(hops):
-        where = f"network.hop #{j + 1}"
-        _check_keys(hd, _LINK | {"hop"}, where)
-        if "hop" not in hd:
-            raise ScenarioError(f"[{where}] needs hop = <k> (the link between node k and node k+1)")
-        k = _num(hd, "hop", where, lo=1, integer=True) - 1
-        over = {kk: vv for kk, vv in hd.items() if kk != "hop"}
-        _link_spec(over, where)
-        if "bandwidth" in over:
-            over["bandwidth"] = _resolve_paths(over["bandwidth"], base)
-        sc.hop_overrides[k] = over
+    sc.hop_overrides.update(
+        _overrides(net.get("hop", []), "network.hop", "hop", "<k> (the link between node k and node k+1)", _LINK,
+                   _link_spec, "bandwidth", base)
+    )  # fmt: skip
     # fail early on unreadable speed/bandwidth files
     for spec in [sc.device_default.speed, *[o.get("speed") for o in sc.device_nodes.values()]]:
         if isinstance(spec, dict):
