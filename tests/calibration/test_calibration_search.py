@@ -16,9 +16,8 @@ from distree.calibration import (
     problem_for,
     reject_drop_above,
 )
-from distree.evaluation import evaluate_policy, exit_nodes
-from distree.evaluation.synthetic import synthetic_trace
-from distree.policies import create_policy
+from distree.evaluation import evaluate_policy, synthetic_trace
+from distree.policies import create_policy, exit_nodes
 
 
 @pytest.fixture(scope="module")

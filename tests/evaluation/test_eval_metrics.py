@@ -11,9 +11,7 @@ from distree.evaluation import (
     evaluate_exits,
     evaluate_policy,
     exit_histogram,
-    exit_nodes,
     last_exit_metrics,
-    node_costs,
 )
 from distree.models.cost import CostProfile
 from distree.policies import create_policy
@@ -33,19 +31,6 @@ def hand_trace() -> Trace:
             pred = labels[j] if CORRECT[j, i] else (labels[j] + 1) % 3
             logits[j, i, pred] = 2.0 + i + (3 if j == 0 else 0)
     return Trace(logits=logits, features=[np.ones((3, 2), np.float32)] * 3, labels=labels, cost=COST)
-
-
-def test_exit_nodes_first_threshold_reached_else_last():
-    scores = np.array([[0.9, 0.1, 0.0], [0.1, 0.8, 0.0], [0.1, 0.1, 0.0]])
-    np.testing.assert_array_equal(exit_nodes(scores, [0.5, 0.5, np.inf]), [0, 1, 2])
-    with pytest.raises(ValueError, match="do not match"):
-        exit_nodes(scores, [0.5, 0.5])
-
-
-def test_costs_by_hand():
-    np.testing.assert_allclose(node_costs(COST), [11, 33, 66])  # segments + heads up to i
-    np.testing.assert_allclose(node_costs(COST, "final"), [10, 30, 63])  # last exit: final head only
-    assert COST.last_exit_cost() == 63
 
 
 def test_metrics_by_hand():

@@ -132,7 +132,7 @@ def test_oracle_exits_at_earliest_correct_and_needs_labels():
     pol = create_policy("oracle", 3)
     assert not pol.deployable and pol.needs_labels
     s = pol.score_matrix(LOGITS, labels=LABELS)
-    from distree.evaluation import exit_nodes
+    from distree.policies import exit_nodes
 
     np.testing.assert_array_equal(exit_nodes(s, pol.thresholds), [0, 1, 0])  # hopeless sample 2: node 1
     s_last = create_policy("oracle", 3, hopeless="last").score_matrix(LOGITS, labels=LABELS)
@@ -143,7 +143,7 @@ def test_oracle_exits_at_earliest_correct_and_needs_labels():
 
 def test_last_exit_never_exits_early():
     s = create_policy("last-exit", 3).score_matrix(LOGITS)
-    from distree.evaluation import exit_nodes
+    from distree.policies import exit_nodes
 
     np.testing.assert_array_equal(exit_nodes(s, create_policy("last-exit", 3).thresholds), [2, 2, 2])
 
@@ -151,7 +151,7 @@ def test_last_exit_never_exits_early():
 @pytest.mark.parametrize("name", ["confidence", "entropy", "similarity", "patience", "distree", "distree-conf"])
 def test_decide_node_by_node_matches_score_matrix(name):
     """A live node (decide with carried, serialised state) exits where offline evaluation says."""
-    from distree.evaluation import exit_nodes
+    from distree.policies import exit_nodes
 
     pol = create_policy(name, 3)
     full = pol.score_matrix(LOGITS, FEATS)

@@ -6,7 +6,7 @@ import torch
 from distree.checkpoint import CheckpointError, load_checkpoint, read_sidecar, save_checkpoint
 from distree.data import load_split
 from distree.models import create_model
-from distree.training import TrainConfig, evaluate_exits, train
+from distree.training import TrainConfig, exit_accuracies, train
 
 TINY = dict(model="small-cnn", num_nodes=3, dataset="synthetic", batch_size=32, lr=0.05, model_args={"width": 4})
 
@@ -101,5 +101,5 @@ def test_external_teacher_for_kd(tmp_path, tiny_checkpoint):
 def test_evaluate_exits_matches_manual_accuracy(tiny_checkpoint):
     model, _ = load_checkpoint(tiny_checkpoint)
     ds = load_split("synthetic", "test")
-    accs = evaluate_exits(model, ds)
+    accs = exit_accuracies(model, ds)
     assert len(accs) == 4 and all(0 <= a <= 1 for a in accs)

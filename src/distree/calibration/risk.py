@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.metrics import exit_nodes
+from ..policies.thresholds import exit_nodes
 from .search import Problem, min_cost, never_exit
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluation.metrics import exit_nodes
+from ..policies.thresholds import exit_nodes
 
 
 @dataclass

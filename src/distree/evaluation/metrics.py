@@ -1,9 +1,9 @@
 """Pure metric functions over exit traces (numpy only, vectorised).
 
-Cost accounting: a request that exits at node i paid segments 0..i and the exit heads 0..i (every
-visited node evaluates its head to decide) — :meth:`CostProfile.exit_cost`. The baseline is
-last-exit inference, which runs every segment and only the final head —
-:meth:`CostProfile.last_exit_cost`. Savings are always reported against that baseline.
+Which node a threshold vector sends each sample to, and what that exit costs under a policy's
+``heads`` mode, are defined once in :mod:`distree.policies.thresholds`; these functions summarise
+given exit nodes (accuracy, drop, FLOPs, bytes, histogram). Savings are always reported against
+last-exit inference (every segment, only the final head).
 """
 
 from __future__ import annotations
@@ -14,25 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..models.cost import CostProfile
-
-
-def exit_nodes(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Node each sample exits at: the first i with ``scores[:, i] >= thresholds[i]``; the last node otherwise.
-
-    ``scores`` (n, N), ``thresholds`` (N,) → (n,) int64.
-    """
-    scores = np.asarray(scores)
-    th = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    if scores.ndim != 2 or scores.shape[1] != th.shape[0]:
-        raise ValueError(f"scores {scores.shape} and thresholds {th.shape} do not match: need (n, N) and (N,)")
-    hit = scores >= th[None, :]
-    hit[:, -1] = True
-    return hit.argmax(axis=1).astype(np.int64)
-
-
-def relative_exit_cost(cost: CostProfile) -> np.ndarray:
-    """FLOPs of exiting at node i relative to last-exit inference, (N,)."""
-    return cost.exit_cost() / cost.last_exit_cost()
+from ..policies.thresholds import HeadsMode, node_costs
 
 
 def accuracy(correct: np.ndarray, exits: np.ndarray) -> float:
@@ -43,22 +25,7 @@ def accuracy(correct: np.ndarray, exits: np.ndarray) -> float:
     return float(correct[np.arange(n), exits].mean())
 
 
-def node_costs(cost: CostProfile, heads: str = "visited") -> np.ndarray:
-    """FLOPs of a request that exits at node i, (N,).
-
-    ``heads="visited"``: every visited node evaluated its exit head (any early-exit policy);
-    ``heads="final"``: only the final head ran (last-exit inference: no early-exit decisions).
-    """
-    if heads == "visited":
-        return cost.exit_cost()
-    if heads == "final":
-        c = np.cumsum(np.asarray(cost.segment_flops, dtype=np.float64))
-        c[-1] += cost.exit_flops[-1]
-        return c
-    raise ValueError(f"heads must be 'visited' or 'final', got {heads!r}")
-
-
-def mean_flops(cost: CostProfile, exits: np.ndarray, heads: str = "visited") -> float:
+def mean_flops(cost: CostProfile, exits: np.ndarray, heads: HeadsMode | str = "visited") -> float:
     """Mean FLOPs per request (segments up to the exit + the heads evaluated on the way)."""
     return float(node_costs(cost, heads)[exits].mean())
 
@@ -96,8 +63,11 @@ class Metrics:
         return asdict(self)
 
 
-def evaluate_exits(correct: np.ndarray, cost: CostProfile, exits: np.ndarray, heads: str = "visited") -> Metrics:
-    """All figures for given exit nodes. ``correct`` (n, N) bool; ``exits`` (n,) int; ``heads``: :func:`node_costs`."""
+def evaluate_exits(
+    correct: np.ndarray, cost: CostProfile, exits: np.ndarray, heads: HeadsMode | str = "visited"
+) -> Metrics:
+    """All figures for given exit nodes. ``correct`` (n, N) bool; ``exits`` (n,) int; ``heads``: see
+    :func:`distree.policies.thresholds.node_costs`."""
     correct = np.asarray(correct, dtype=bool)
     exits = np.asarray(exits, dtype=np.int64)
     n, nn_ = correct.shape

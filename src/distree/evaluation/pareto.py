@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..calibration.scoring import policy_costs, score_trace
 from ..calibration.search import Problem, constrained_path, lagrangian_path
 from ..policies.base import ExitPolicy
+from ..policies.thresholds import exit_nodes
 from ..trace.format import Trace
-from .metrics import evaluate_exits, exit_nodes
-from .scoring import heads_mode, relative_costs, score_trace
+from .metrics import evaluate_exits
 
 
 @dataclass
@@ -35,11 +36,11 @@ def pareto_sweep(
 ) -> list[SweepPoint]:
     """Points (sorted by relative FLOPs) of ``policy`` on ``eval_trace``, thresholds fitted on ``fit_trace``."""
     eval_scores = score_trace(policy, eval_trace)
-    heads = heads_mode(policy)
+    heads = policy.heads
     if policy.tunable:
         fit = fit_trace if fit_trace is not None else eval_trace
         fit_scores = eval_scores if fit is eval_trace else score_trace(policy, fit)
-        prob = Problem(fit_scores, fit.correct, relative_costs(policy, fit))
+        prob = Problem(fit_scores, fit.correct, policy_costs(policy, fit))
         cands = [s.thresholds for s in lagrangian_path(prob, num=num)]
         cands += [s.thresholds for s in constrained_path(prob, np.arange(-10, 51) / 1000.0)]
         cands.append(np.full(policy.num_nodes, np.inf))
@@ -68,7 +69,7 @@ def upper_envelope(points: list[SweepPoint]) -> list[SweepPoint]:
     return keep
 
 
-def saving_at_drop(points: list[SweepPoint], drop_pp: float) -> float:
+def max_saving_within(points: list[SweepPoint], drop_pp: float) -> float:
     """Largest FLOPs saving among the points whose accuracy drop is at most ``drop_pp``."""
     ok = [1.0 - p.rel_flops for p in points if p.drop_pp <= drop_pp + 1e-9]
     return max(ok) if ok else 0.0

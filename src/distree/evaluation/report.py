@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from ..calibration.scoring import check_compatible
 from ..policies.base import ExitPolicy
 from ..trace.format import Trace
 from .metrics import Metrics, last_exit_metrics
-from .pareto import SweepPoint, pareto_sweep, saving_at_drop
-from .scoring import check_compatible, evaluate_policy
+from .pareto import SweepPoint, max_saving_within, pareto_sweep
+from .scoring import evaluate_policy
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ def _th(p: ExitPolicy) -> str:
     return ", ".join("inf" if not np.isfinite(t) else f"{t:.3g}" for t in p.thresholds[:-1]) or "-"
 
 
-def markdown_table(rep: Report) -> str:
+def report_markdown(rep: Report) -> str:
+    """The report as markdown: one row per policy, then the Pareto sweeps' savings at fixed drops."""
     n = rep.last_exit.num_samples
     lines = [
         f"Trace: {rep.trace_meta.get('dataset', '?')} / {rep.trace_meta.get('split', '?')}, {n} samples, "
@@ -122,7 +124,7 @@ def markdown_table(rep: Report) -> str:
         ]
         for r in rep.results:
             if len(r.sweep) > 1:
-                cells = " | ".join(f"{100 * saving_at_drop(r.sweep, d):.1f}" for d in SWEEP_DROPS)
+                cells = " | ".join(f"{100 * max_saving_within(r.sweep, d):.1f}" for d in SWEEP_DROPS)
                 lines.append(f"| {r.policy.name} | {cells} | {len(r.sweep)} |")
     return "\n".join(lines) + "\n"
 
@@ -136,8 +138,8 @@ def plot_pareto(rep: Report, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9.5, 5.0), dpi=120)
     colors: dict[str, str] = {}
     for r in rep.results:
-        if r.policy.name in ("oracle", "last-exit"):
-            continue
+        if not r.policy.deployable or r.policy.baseline:
+            continue  # bounds and the baseline are drawn as single markers below
         if r.sweep:
             xs = [p.rel_flops for p in r.sweep]
             ys = [100 * p.accuracy for p in r.sweep]
@@ -156,7 +158,7 @@ def plot_pareto(rep: Report, path: Path) -> Path:
             label=None if r.sweep else r.label,
         )
     for r in rep.results:
-        if r.policy.name == "oracle":
+        if not r.policy.deployable:
             ax.plot(
                 r.metrics.rel_flops,
                 100 * r.metrics.accuracy,
@@ -188,7 +190,7 @@ def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
-    md.write_text(markdown_table(rep))
+    md.write_text(report_markdown(rep))
     js = out / "report.json"
     js.write_text(json.dumps(rep.to_dict(), indent=1, default=float))
     png = plot_pareto(rep, out / "pareto.png")

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..calibration.scoring import policy_costs, score_trace
 from ..calibration.search import Problem, max_accuracy, min_cost
-from ..evaluation.metrics import exit_nodes
 from ..policies.base import ExitPolicy
+from ..policies.thresholds import exit_nodes
 from ..trace.format import Trace
-from .scoring import relative_costs, score_trace
 
 
 @dataclass
@@ -42,7 +42,7 @@ def cross_validate(
         raise ValueError("give exactly one target: max_drop_pp or flops_budget")
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
-    prob = Problem(score_trace(policy, trace), trace.correct, relative_costs(policy, trace))
+    prob = Problem(score_trace(policy, trace), trace.correct, policy_costs(policy, trace))
     n = prob.n
     rows = np.arange(n)
     savings, drops = [], []
@@ -90,7 +90,7 @@ def held_out_curve(
     return np.asarray([[p.drop_pp, p.saving] for p in pts])
 
 
-def saving_at_drop(curve: np.ndarray, drop_pp: float) -> float:
+def held_out_saving_at(curve: np.ndarray, drop_pp: float) -> float:
     """Saving interpolated at a held-out drop on a (drop_pp, saving) curve (its running maximum, monotone)."""
     c = curve[np.argsort(curve[:, 0])]
     sav = np.maximum.accumulate(c[:, 1])

@@ -1,4 +1,10 @@
-"""Exit policies: one object used by offline evaluation, the simulator and live nodes."""
+"""Exit policies: one object used by offline evaluation, calibration, the simulator and live nodes.
+
+Owns the :class:`ExitPolicy` interface, the registry and policy files, every policy, and what a
+threshold vector means and what its exits cost (:mod:`.thresholds`: the exit rule and the
+``heads`` cost accounting). Imports numpy (and safetensors for policy state on the wire) only,
+never another ``distree`` package.
+"""
 
 from . import confidence as _confidence  # noqa: F401  (registers policies)
 from . import distree_conf as _distree_conf  # noqa: F401
@@ -20,21 +26,27 @@ from .registry import (
     policy_from_dict,
     register_policy,
 )
+from .thresholds import HEADS_MODES, exit_mask, exit_nodes, node_costs, relative_costs
 
 __all__ = [
     "DEFAULT_PARAMS",
     "DEFAULT_POLICY",
-    "create_default_policy",
+    "HEADS_MODES",
     "Decision",
     "ExitInputs",
     "ExitPolicy",
     "State",
+    "create_default_policy",
     "create_policy",
     "decode_state",
     "encode_state",
+    "exit_mask",
+    "exit_nodes",
     "list_policies",
     "load_policy",
+    "node_costs",
     "policy_from_dict",
     "register_policy",
+    "relative_costs",
     "softmax",
 ]

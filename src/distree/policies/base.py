@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .thresholds import exit_mask
+
 State = dict[str, np.ndarray]
 POLICY_FORMAT = "distree-policy/1"
 
@@ -61,6 +63,12 @@ class ExitPolicy(abc.ABC):
     needs_labels: ClassVar[bool] = False
     #: whether calibration should search this policy's thresholds
     tunable: ClassVar[bool] = True
+    #: how the policy pays for exit heads: ``"visited"`` (every visited node evaluates its head to
+    #: decide) or ``"final"`` (no early-exit decisions: only the answering node's head runs); see
+    #: :mod:`distree.policies.thresholds`
+    heads: ClassVar[str] = "visited"
+    #: the reference every saving is measured against (last-exit inference), not a trade-off of its own
+    baseline: ClassVar[bool] = False
 
     def __init__(self, num_nodes: int, thresholds: Any = None, **params: Any) -> None:
         if num_nodes < 1:
@@ -105,11 +113,9 @@ class ExitPolicy(abc.ABC):
             raise ValueError(f"node {inp.node} out of range for a {self.num_nodes}-node policy")
         state = inp.state if inp.state else self.init_state(b)
         scores, new_state = self.score(inp.node, logits, inp.features, state, inp.labels)
-        exit_ = scores >= self.thresholds[inp.node]
+        exit_ = exit_mask(scores, self.thresholds, inp.node)
         qos = np.zeros(b, dtype=bool)
-        if inp.node == self.num_nodes - 1:
-            exit_ = np.ones(b, dtype=bool)
-        elif inp.remaining_s is not None and inp.continue_s is not None:
+        if inp.node < self.num_nodes - 1 and inp.remaining_s is not None and inp.continue_s is not None:
             qos = ~exit_ & (np.asarray(inp.remaining_s) < np.asarray(inp.continue_s))
             qos = np.broadcast_to(qos, (b,)).copy()
             exit_ = exit_ | qos

@@ -12,6 +12,8 @@ from .registry import register_policy
 class LastExitPolicy(ExitPolicy):
     name = "last-exit"
     tunable = False
+    heads = "final"  # no early-exit decisions: only the answering node's head runs
+    baseline = True
 
     def score(self, node, logits, features, state, labels=None) -> tuple[np.ndarray, State]:
         return np.full(logits.shape[0], -np.inf), state

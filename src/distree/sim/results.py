@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..policies.thresholds import node_costs
 from ..trace import Trace
 
 RECORD_FIELDS = (
@@ -111,9 +112,10 @@ def _json_default(o: Any) -> Any:
 
 
 def skips_heads(policy: object) -> bool:
-    """Last-exit inference makes no early-exit decisions, so its nodes skip their exit heads (only the final
-    head runs, and a head whose node must answer early because of the deadline)."""
-    return getattr(policy, "name", "") == "last-exit"
+    """Whether the policy's nodes skip their exit heads (``heads = "final"``: last-exit inference makes no
+    early-exit decisions, so only the final head runs, and the head of a node that must answer early because
+    of the deadline)."""
+    return getattr(policy, "heads", "visited") == "final"
 
 
 def build_records(
@@ -134,10 +136,7 @@ def build_records(
     correct = trace.correct[sample, ex] & ~lost
     latency = np.where(lost, np.nan, answered - arrival)
     cost = trace.cost
-    if skip_heads:  # segments up to the exit and that exit's head only
-        per_exit = np.cumsum(np.asarray(cost.segment_flops, dtype=np.float64)) + np.asarray(cost.exit_flops)
-    else:  # every visited node evaluated its head
-        per_exit = cost.exit_cost()
+    per_exit = node_costs(cost, "final" if skip_heads else "visited")
     flops = np.where(lost, 0.0, per_exit[ex])
     back_links = ex + 1 if return_mode == "chain" else np.ones_like(ex)
     nbytes = cost.input_bytes + cost.bytes_to_exit()[ex] + cost.output_bytes * back_links

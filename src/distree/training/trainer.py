@@ -54,7 +54,7 @@ def make_projections(model: MultiExitNetwork, ft_target: str) -> nn.ModuleList:
 
 
 @torch.no_grad()
-def evaluate_exits(
+def exit_accuracies(
     model: MultiExitNetwork,
     ds: ImageDataset,
     batch_size: int = 512,
@@ -206,7 +206,7 @@ def train(
             if on_step is not None:
                 on_step(epoch, step + 1, steps_per_epoch, {k: v / seen for k, v in sums.items()})
         train_time = time.perf_counter() - t0
-        val_acc = evaluate_exits(model, val_ds, cfg.eval_batch_size, device, use_amp)
+        val_acc = exit_accuracies(model, val_ds, cfg.eval_batch_size, device, use_amp)
         rec = {
             "epoch": epoch + 1,
             "lr": sched.get_last_lr()[0],
