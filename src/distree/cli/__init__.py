@@ -1,4 +1,9 @@
-"""The ``distree`` command line: typed subcommands that only wire library calls together."""
+"""The ``distree`` command line: typed subcommands that only wire library calls together.
+
+Owns argument parsing, progress bars and printing; no logic of its own. May import every other
+package, but only inside the commands: ``distree --help`` and ``distree --version`` import no
+torch, numpy or grpc.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"distree {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

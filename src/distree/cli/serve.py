@@ -5,13 +5,16 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from . import app
 from ._common import console, fail, guarded
+
+if TYPE_CHECKING:
+    import numpy as np
 
 cluster_app = typer.Typer(help="Start or stop every node of a cluster spec on this machine.", no_args_is_help=True)
 certs_app = typer.Typer(help="Development CA and certificates for TLS / mutual TLS.", no_args_is_help=True)
@@ -112,6 +115,7 @@ def cluster_down(
 
 
 def _load_images(paths: list[Path], shape: tuple[int, ...]) -> np.ndarray:
+    import numpy as np
     from PIL import Image
 
     c, h, w = shape
@@ -150,6 +154,7 @@ def infer_cmd(
 ) -> None:
     """Send requests to node 1 and print each answer, its exit node and latency."""
     import grpc
+    import numpy as np
 
     from ..checkpoint import read_sidecar
     from ..runtime import ClusterClient, spec_client_tls

@@ -1,6 +1,10 @@
 """Network emulation for tests and benchmarks: node processes in Linux network namespaces, chained by
 shaped links (rate, delay, jitter, loss, bandwidth-trace replay). See ``docs/netem.md``.
 
+Owns namespaces, links, both shaping backends and the capability probe. Imports only the standard
+library, ``distree._proc`` and :mod:`distree.fluctuation` (bandwidth traces, on replay); no torch,
+numpy or grpc.
+
 >>> from distree.netem import NetnsChain, netem_available     # doctest: +SKIP
 >>> ok, why = netem_available()
 >>> with NetnsChain(2) as chain:

@@ -4,6 +4,10 @@ Two engines give the same per-request results where both apply: a SimPy discrete
 (:mod:`.des`: batching, failures, closed-loop clients) and a vectorised tandem-queue recursion
 (:mod:`.vector`: open arrivals at batch 1, millions of requests in seconds). ``engine = "auto"``
 picks the vectorised one when the scenario allows it. See docs/simulator.md.
+
+May import :mod:`distree.policies`, :mod:`distree.trace` (the format), :mod:`distree.models`
+(cost profiles) and :mod:`distree.fluctuation`; never :mod:`distree.training` or torch (device
+profiling, :mod:`.profile`, loads a checkpoint only inside ``profile_device``).
 """
 
 from .des import run_simpy

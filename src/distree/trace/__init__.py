@@ -1,4 +1,9 @@
-"""Exit traces: record once, score any policy offline or in the simulator."""
+"""Exit traces: record once, score any policy offline or in the simulator.
+
+Owns the trace file format (:mod:`.format`: numpy + safetensors; needs :mod:`distree.models.cost`
+only) and recording a trace from a checkpoint (:mod:`.record`: torch, :mod:`distree.checkpoint`,
+:mod:`distree.data`), which is imported on first use of ``record_trace`` / ``trace_checkpoint``.
+"""
 
 from .format import FORMAT, Trace, TraceError, load_trace
 
