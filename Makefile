@@ -2,8 +2,10 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is pinned: a CPU build of 2.13.0 is what pip finds first here; a loose range pulls a CUDA build.
-TORCH := torch==2.13.0
+# pyproject.toml asks for a torch range; constraints.txt pins the CPU build of 2.13.0 that pip finds first
+# here (a loose range pulls a CUDA build). Every install goes through it.
+CONSTRAINTS := constraints.txt
+PIP := $(BIN)/pip install -q -c $(CONSTRAINTS)
 
 .PHONY: venv install dev demo test lint format bench clean protos
 
@@ -11,13 +13,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e .
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) -e .
 	touch $@
 
-$(VENV)/.dev-installed: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install -q $(TORCH) -e ".[dev]"
+$(VENV)/.dev-installed: $(VENV)/.installed pyproject.toml $(CONSTRAINTS)
+	$(PIP) -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -113,6 +113,33 @@ def test_digits_is_embedded_and_test_split_is_fixed():
     assert load_split("digits", "train").input_shape == (1, 8, 8)
 
 
+def test_embedded_digits_are_the_uci_data_read_without_scikit_learn():
+    import hashlib
+    import json
+    import subprocess
+    import sys
+    from importlib.resources import files
+
+    with files("distree.data").joinpath("digits.npz").open("rb") as f, np.load(f, allow_pickle=False) as d:
+        data, target, source = d["data"], d["target"], str(d["source"])
+    assert data.shape == (1797, 64) and data.dtype == np.uint8 and data.max() == 16
+    assert np.bincount(target).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    # checksums of the values written by experiments/make_digits_npz.py from scikit-learn's copy
+    assert hashlib.sha256(data.tobytes()).hexdigest().startswith("8f26b2bd9d135c25")
+    assert hashlib.sha256(target.tobytes()).hexdigest().startswith("8ba4f891220f5e4c")
+    assert "CC BY 4.0" in source and "10.24432/C50P49" in source
+    assert "CC BY 4.0" in files("distree.data").joinpath("digits.md").read_text()
+    # pixel counts 0..16 scaled to 0..255; the three splits partition the 1,797 images
+    splits = [load_split("digits", s) for s in ("train", "val", "test")]
+    assert sum(len(s) for s in splits) == 1797
+    x = torch.cat([s.images for s in splits]).reshape(1797, 64).numpy().astype(np.int64)
+    want = np.clip(np.round(data * (255.0 / 16.0)), 0, 255).astype(np.int64)
+    assert sorted(map(bytes, x.astype(np.uint8))) == sorted(map(bytes, want.astype(np.uint8)))
+    code = "import sys; from distree.data import load_split; load_split('digits', 'test'); print('sklearn' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and json.loads(res.stdout.strip().lower()) is False, res.stderr
+
+
 def test_unknown_dataset_and_split():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         load_split("imagenet", "train")

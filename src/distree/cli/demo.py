@@ -61,7 +61,7 @@ def demo(
     epochs: int = typer.Option(8, help="Training epochs."),
     serve: bool = typer.Option(True, help="Also start a real 4-node cluster on loopback and query it."),
 ) -> None:
-    """Run train → trace → calibrate → evaluate → simulate → serve on sklearn's digits (no download)."""
+    """Run train → trace → calibrate → evaluate → simulate → serve on the embedded digits (no download)."""
     from ..runtime.cluster import free_ports
     from ..runtime.spec import spec_toml
 

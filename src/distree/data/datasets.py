@@ -8,7 +8,8 @@ Supported sources (``load_split(name, split, data_dir)``):
   ``t10k-images-idx3-ubyte[.gz]``, ``t10k-labels-idx1-ubyte[.gz]`` in ``data_dir``.
 - ``imagefolder``: ``data_dir/<class>/*.png|jpg`` (one folder per class), or ``data_dir/train/<class>``
   and ``data_dir/test/<class>``.
-- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images; needs no download).
+- ``digits``: the 8x8 handwritten digits embedded in the package (1,797 images, the test set of the
+  UCI Optical Recognition of Handwritten Digits data, CC BY 4.0; see ``digits.md`` next to this file).
 - ``synthetic``: class prototypes plus noise, generated from a seed (tests).
 
 Splits: ``train`` and ``val`` are carved from the training set with a seed (``val`` is for
@@ -251,11 +252,14 @@ def _imagefolder(data_dir: Path, test_fraction: float, seed: int):
 
 
 def _digits(test_fraction: float):
-    from sklearn.datasets import load_digits
+    from importlib.resources import files
 
-    d = load_digits()
-    x = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
-    y = d.target.astype(np.int64)
+    with files(__package__).joinpath("digits.npz").open("rb") as f, np.load(f, allow_pickle=False) as d:
+        counts, target = d["data"], d["target"]  # (1797, 64) pixel counts 0..16, digits 0..9
+    x = np.clip(np.round(counts.reshape(-1, 8, 8) * (255.0 / 16.0)), 0, 255).astype(np.uint8)[
+        :, None
+    ]  # (1797, 1, 8, 8)
+    y = target.astype(np.int64)
     tr, te = _carve(len(x), test_fraction, 12345)  # fixed: the test split never changes with --seed
     return (x[tr], y[tr]), (x[te], y[te]), [str(i) for i in range(10)]
 
