@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -100,12 +101,50 @@ def test_eight_nodes_calibrate_in_seconds():
     assert pol.calibration["validation"]["saving"] >= best - 1e-9
 
 
-def test_binomial_bounds_match_reference():
-    scipy_stats = pytest.importorskip("scipy.stats")
-    for k, n, a in [(0, 100, 0.05), (3, 50, 0.1), (40, 1000, 0.01), (999, 1000, 0.05)]:
-        assert binom_upper(k, n, a) == pytest.approx(scipy_stats.beta.ppf(1 - a, k + 1, n - k), abs=1e-6)
-        if k > 0:
-            assert binom_lower(k, n, a) == pytest.approx(scipy_stats.beta.ppf(a, k, n - k + 1), abs=1e-6)
+def _exact_binom_cdf(k: int, n: int, p: float) -> float:
+    """P(Bin(n, p) <= k) summed term by term (independent of scipy)."""
+    return float(sum(math.comb(n, j) * p**j * (1.0 - p) ** (n - j) for j in range(k + 1)))
+
+
+# Clopper-Pearson bounds and drop bounds recorded from the previous hand-written implementation
+# (log-space binomial sums + bisection); the scipy.stats version must reproduce them.
+_CP_REFERENCE = [
+    ((0, 100, 0.05), 0.029513049607039935, 0.0),
+    ((3, 50, 0.1), 0.12875642258660266, 0.022243984694505836),
+    ((40, 1000, 0.01), 0.056848069407538095, 0.026936137510986558),
+    ((999, 1000, 0.05), 0.999948708021091, 0.9952650064245001),
+    ((0, 10000, 0.1), 0.0002302320018434138, 0.0),
+]
+_DROP_BOUND_REFERENCE = [
+    ((200, 200, 10000, 0.1), 0.00311279296875),
+    ((30, 10, 2000, 0.1), 0.0195159912109375),
+    ((5, 0, 500, 0.05), 0.028045654296875),
+    ((12, 20, 3000, 0.2), -0.00086212158203125),
+]
+
+
+@pytest.mark.parametrize(("args", "upper", "lower"), _CP_REFERENCE)
+def test_clopper_pearson_bounds_match_the_previous_implementation(args, upper, lower):
+    k, n, a = args
+    assert binom_upper(k, n, a) == pytest.approx(upper, rel=1e-10, abs=1e-14)
+    assert binom_lower(k, n, a) == pytest.approx(lower, rel=1e-10, abs=1e-14)
+    if n <= 1000 and k < n:  # the defining property, checked by an exact sum
+        assert _exact_binom_cdf(k, n, binom_upper(k, n, a)) == pytest.approx(a, rel=1e-8)
+    assert binom_upper(n, n, a) == 1.0 and binom_lower(0, n, a) == 0.0
+
+
+@pytest.mark.parametrize(("args", "bound"), _DROP_BOUND_REFERENCE)
+def test_drop_upper_bound_matches_the_previous_implementation(args, bound):
+    assert drop_upper_bound(*args) == bound
+
+
+def test_learn_then_test_matches_the_previous_implementation():
+    prob = problem_for(create_policy("distree", 4), synthetic_trace(3000, 4, seed=11))
+    res = learn_then_test(prob, 0.01, 0.1, seed=0)
+    np.testing.assert_allclose(
+        res.thresholds, [0.8828211426734924, 0.9328779774368741, 0.9305693612286632, -np.inf], rtol=1e-12
+    )
+    assert (res.certified, res.tested, res.bound) == (24, 24, 0.00957489013671875)
 
 
 def test_drop_test_is_sensible():

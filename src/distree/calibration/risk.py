@@ -31,58 +31,30 @@ answers in both directions, which early exits do.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from ..policies.thresholds import exit_nodes
 from .search import Problem, min_cost, never_exit
 
 
-@lru_cache(maxsize=64)
-def _log_binom_coef(n: int) -> np.ndarray:
-    k = np.arange(n + 1)
-    lg = np.vectorize(math.lgamma)
-    return lg(n + 1.0) - lg(k + 1.0) - lg(n - k + 1.0)
-
-
 def binom_cdf(k: int, n: int, p: float) -> float:
-    """P(Bin(n, p) <= k), exact (log-space sum)."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    if p <= 0.0:
-        return 1.0
-    if p >= 1.0:
-        return 0.0
-    j = np.arange(k + 1)
-    logs = _log_binom_coef(n)[: k + 1] + j * math.log(p) + (n - j) * math.log1p(-p)
-    mx = logs.max()
-    return float(min(1.0, math.exp(mx) * np.exp(logs - mx).sum()))
+    """P(Bin(n, p) <= k); ``p`` outside [0, 1] is clipped (the test's null proportion can leave it)."""
+    return float(stats.binom.cdf(k, n, min(max(p, 0.0), 1.0)))
 
 
 def binom_upper(k: int, n: int, alpha: float) -> float:
-    """Clopper-Pearson upper bound: the p with P(Bin(n, p) <= k) = alpha (1 if k = n)."""
-    if n <= 0:
+    """Clopper-Pearson upper bound: the p with P(Bin(n, p) <= k) = alpha (1 if k >= n)."""
+    if n <= 0 or k >= n:
         return 1.0
-    if k >= n:
-        return 1.0
-    lo, hi = k / n, 1.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if binom_cdf(k, n, mid) > alpha:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return float(stats.beta.ppf(1.0 - alpha, k + 1, n - k))
 
 
 def binom_lower(k: int, n: int, alpha: float) -> float:
-    """Clopper-Pearson lower bound: the p with P(Bin(n, p) >= k) = alpha (0 if k = 0)."""
+    """Clopper-Pearson lower bound: the p with P(Bin(n, p) >= k) = alpha (0 if k <= 0)."""
     if n <= 0 or k <= 0:
         return 0.0
     return 1.0 - binom_upper(n - k, n, alpha)
