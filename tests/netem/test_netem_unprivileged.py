@@ -9,13 +9,52 @@ from distree.netem import Capabilities, LinkParams, NetemUnavailable, netem_avai
 from distree.netem import capability as cap_mod
 from distree.netem._forwarder import Direction
 
+_FULL = dict(namespaces=True, veth=True, netem=True, netem_rate=True, tbf=True, tun=True)
 
-def test_netem_available_returns_a_reason():
+
+@pytest.mark.parametrize(
+    ("caps", "ok", "needle"),
+    [
+        (Capabilities(**_FULL), True, "kernel backend: veth pairs shaped with tc netem (rate via netem rate)"),
+        (
+            Capabilities(**{**_FULL, "netem_rate": False}, reasons={"netem_rate": "no rate option"}),
+            True,
+            "rate via tbf beneath netem",
+        ),
+        (
+            Capabilities(namespaces=True, veth=True, tbf=True, tun=True, reasons={"netem": "unknown qdisc netem"}),
+            True,
+            "userspace backend: TUN devices joined by a userspace link emulator (unknown qdisc netem)",
+        ),
+        (
+            Capabilities(namespaces=True, veth=True, tbf=True, reasons={"netem": "no sch_netem", "tun": "no tun"}),
+            True,
+            "kernel backend: veth pairs shaped with tc tbf (rate only: no sch_netem)",
+        ),
+        (Capabilities(reasons={"namespaces": "cannot create a network namespace; this needs root"}), False, "root"),
+        (
+            Capabilities(namespaces=True, reasons={"veth": "no veth", "netem": "no netem", "tun": "no tun"}),
+            False,
+            "no link-shaping backend works here: no veth; no netem; no tun",
+        ),
+    ],
+)
+def test_netem_available_names_the_backend_or_the_missing_capability(monkeypatch, caps, ok, needle):
+    monkeypatch.setattr(cap_mod, "probe", lambda: caps)
+    got_ok, why = netem_available()
+    assert got_ok is ok
+    assert needle in why, why
+
+
+def test_netem_available_agrees_with_the_probe_of_this_machine():
     ok, why = netem_available()
-    assert isinstance(ok, bool)
-    assert isinstance(why, str) and why
-    if ok:
-        assert "backend" in why
+    caps = cap_mod.probe()
+    try:
+        backend = caps.choose_backend("auto")
+    except NetemUnavailable as e:
+        assert not ok and why == str(e)
+    else:
+        assert ok and why.startswith(f"{backend} backend:"), why
 
 
 def test_probe_without_iproute2_says_what_to_install(monkeypatch):

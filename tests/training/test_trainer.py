@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,10 +21,9 @@ def test_training_is_deterministic_on_cpu(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full = train(TrainConfig(epochs=2, **TINY), tmp_path / "full")
-    train(TrainConfig(epochs=2, **TINY), tmp_path / "part", on_epoch=None)
-    # simulate an interruption after epoch 1: rewind the saved state by training 1 epoch under the same config
     cfg = TrainConfig(epochs=2, **TINY)
+    full = train(cfg, tmp_path / "full")
+    # an interruption after epoch 1: the epoch callback raises once the first epoch is checkpointed
     part_dir = tmp_path / "resume"
     interrupted = {"n": 0}
 
@@ -36,8 +36,15 @@ def test_resume_continues_exactly(tmp_path):
 
     with pytest.raises(Stop):
         train(cfg, part_dir, on_epoch=stop_after_first)
-    resumed = train(cfg, part_dir, resume=True)
-    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert interrupted["n"] == 1  # stopped right after the first epoch, before the second began
+    assert [h["epoch"] for h in json.loads((part_dir / "history.json").read_text())] == [1]
+    assert read_sidecar(part_dir)["epoch"] == 1
+    first = json.loads((part_dir / "history.json").read_text())[0]
+    ran: list[int] = []
+    resumed = train(cfg, part_dir, resume=True, on_epoch=lambda rec: ran.append(rec["epoch"]))
+    assert ran == [2]  # only the missing epoch ran
+    assert [h["epoch"] for h in resumed.history] == [1, 2] and resumed.history[0] == first
+    assert resumed.history[1]["train"]["loss"] == full.history[1]["train"]["loss"]
     for (k, va), (_, vb) in zip(full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         torch.testing.assert_close(va, vb, msg=k)
 
@@ -98,8 +105,14 @@ def test_external_teacher_for_kd(tmp_path, tiny_checkpoint):
     assert "kd" in res.history[0]["train"]
 
 
-def test_evaluate_exits_matches_manual_accuracy(tiny_checkpoint):
+def test_exit_accuracies_match_manual_accuracy(tiny_checkpoint):
     model, _ = load_checkpoint(tiny_checkpoint)
     ds = load_split("synthetic", "test")
-    accs = exit_accuracies(model, ds)
-    assert len(accs) == 4 and all(0 <= a <= 1 for a in accs)
+    accs = exit_accuracies(model, ds, batch_size=7)  # batches that do not divide the split
+    x = (ds.images.float() / 255.0 - torch.tensor(ds.mean).view(1, -1, 1, 1)) / torch.tensor(ds.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        outs = model.eval()(x)
+    manual = [float((o.logits.argmax(-1) == ds.labels).double().mean()) for o in outs]
+    assert len(accs) == 4
+    np.testing.assert_allclose(accs, manual, atol=1e-12)
+    assert len(set(np.round(manual, 6))) > 1  # the exits differ, so a mixed-up exit order would show
