@@ -22,6 +22,7 @@ from _rt import Artifacts, write_spec
 
 from distree.data import load_split
 from distree.policies import create_policy
+from distree.runtime.cluster import free_ports
 from distree.runtime.spec import ClusterSpec
 from distree.trace import trace_checkpoint
 
@@ -61,7 +62,14 @@ def main_cluster(rt: Artifacts) -> Iterator[ClusterSpec]:
     """4 nodes, confidence policy, dynamic batching; started and stopped with the CLI
     (`distree cluster up --detach` / `distree cluster down`). Shared by the protocol, acceptance and
     validation tests."""
-    spec = write_spec(rt, "main", max_message_bytes=1 << 20, batching={"max_batch_size": 8, "max_queue_delay_ms": 2.0})
+    metrics = {k + 1: {"metrics_port": p} for k, p in enumerate(free_ports(4))}  # Prometheus endpoints
+    spec = write_spec(
+        rt,
+        "main",
+        node_extra=metrics,
+        max_message_bytes=1 << 20,
+        batching={"max_batch_size": 8, "max_queue_delay_ms": 2.0},
+    )
     try:
         up = _distree("cluster", "up", "--spec", str(spec.path), "--detach", "--log-dir", str(rt.root / "main-logs"))
         assert up.returncode == 0, up.stdout + up.stderr

@@ -221,6 +221,20 @@ def test_fuzz_request_fields(rt, main_cluster, model, version, dtype, shape, nby
         assert len(infer(_good(rt), timeout=20).outputs) == 4
 
 
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A node's Prometheus endpoint as {(sample name, sorted labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
 def test_health_info_and_metrics(rt, main_cluster):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -231,15 +245,52 @@ def test_health_info_and_metrics(rt, main_cluster):
         info = node_info(n.address)
         assert info.node == k and info.num_nodes == 4 and info.policy == "confidence"
         assert info.est_compute_s > 0
+    # the counters move by exactly the traffic sent now (earlier tests' traffic cancels in the difference)
+    ports = [n.metrics_port for n in main_cluster.nodes]
+    before = [_scrape(p) for p in ports]
+    n_req = 48
+    exits = rt.offline()[0][:n_req]
+    with ClusterClient(main_cluster.nodes[0].address) as c:
+        res = c.infer_many([x[None] for x in rt.images[:n_req]], concurrency=6)
+    assert not [r for r in res if isinstance(r, grpc.RpcError)]
+    np.testing.assert_array_equal([int(r.exit_node[0]) - 1 for r in res], exits)
+    after = [_scrape(p) for p in ports]
+
+    def delta(k: int, name: str, **labels: str) -> float:
+        key = (name, tuple(sorted({"node": str(k), **labels}.items())))
+        return after[k - 1].get(key, 0.0) - before[k - 1].get(key, 0.0)
+
+    for k in range(1, 5):
+        reached = int((exits >= k - 1).sum())
+        assert delta(k, "distree_requests_total") == reached, k  # rows received
+        assert delta(k, "distree_exits_here_total") == int((exits == k - 1).sum()), k
+        assert delta(k, "distree_batch_size_sum") == reached, k  # every row computed once, in some batch
+        assert 1 <= delta(k, "distree_batch_size_count") <= reached, k
+        assert delta(k, "distree_compute_seconds_count") == delta(k, "distree_batch_size_count"), k
+        assert after[k - 1][("distree_inflight", (("node", str(k)),))] == 0, k
+        degraded = [(key, v) for key, v in after[k - 1].items() if key[0] == "distree_degraded_total"]
+        assert sum(v - before[k - 1].get(key, 0.0) for key, v in degraded) == 0, k
+    for e in range(1, 5):  # node 1 counts every answer by the node that gave it
+        assert delta(1, "distree_answers_total", exit_node=str(e)) == int((exits == e - 1).sum()), e
+    assert sum(delta(1, "distree_answers_total", exit_node=str(e)) for e in range(1, 5)) == n_req
 
 
 def test_requests_are_batched_and_cli_infer_works(rt, main_cluster):
     import json
+    import os
+    import re
     import subprocess
     import sys
 
-    counts = json.loads(node_info(main_cluster.nodes[0].address).stats_json)["counts"]
-    assert counts["batches"] < counts["rows"], counts  # concurrent requests shared batches
+    addr = main_cluster.nodes[0].address
+    before = json.loads(node_info(addr).stats_json)["counts"]
+    with ClusterClient(addr) as c:  # 64 requests, 16 in flight: a busy node batches the ones that queue
+        res = c.infer_many([x[None] for x in rt.images[:64]], concurrency=16)
+    assert not [r for r in res if isinstance(r, grpc.RpcError)]
+    after = json.loads(node_info(addr).stats_json)["counts"]
+    rows, batches = after["rows"] - before["rows"], after["batches"] - before["batches"]
+    assert rows == 64
+    assert 1 <= batches < rows, (rows, batches)  # concurrent requests shared batches
     inf = subprocess.run(
         [
             sys.executable,
@@ -256,6 +307,14 @@ def test_requests_are_batched_and_cli_infer_works(rt, main_cluster):
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert inf.returncode == 0, inf.stdout + inf.stderr
-    assert "exits:" in inf.stdout and "latency ms" in inf.stdout and "accuracy" in inf.stdout
+    assert "latency ms" in inf.stdout
+    # the printed exits and accuracy are those of offline evaluation on the same 10 samples
+    exit_off, pred_off = rt.offline()
+    counts = ", ".join(f"node {e}: {int((exit_off[:10] == e - 1).sum())}" for e in range(1, 5))
+    assert f"exits: {counts}; degraded: 0" in inf.stdout, inf.stdout
+    acc = float(re.search(r"accuracy: ([0-9.]+)%", inf.stdout).group(1))
+    assert acc == pytest.approx(100 * (pred_off[:10] == rt.labels[:10]).mean(), abs=0.006)
+    assert json.loads(node_info(addr).stats_json)["counts"]["rows"] - after["rows"] == 10
