@@ -183,3 +183,14 @@ def test_risk_controlled_calibration_record(val_test):
     risk = pol.calibration["risk"]
     assert risk["drop_upper_bound_pp"] <= 1.0 + 1e-9
     assert risk["n_path"] + risk["n_test"] == val.num_samples
+
+
+@pytest.mark.parametrize("name", ["distree-conf", "confidence", "random", "last-exit", "oracle"])
+def test_validation_record_equals_offline_evaluation(val_test, name):
+    """calibration computes its record without importing evaluation; the figures are evaluation's."""
+    val, _ = val_test
+    pol = calibrate(create_policy(name, 4), val, max_drop_pp=0.5)
+    m = evaluate_policy(pol, val)
+    v = pol.calibration["validation"]
+    for k in ("accuracy", "last_exit_accuracy", "drop_pp", "rel_flops", "saving", "mean_bytes"):
+        assert v[k] == pytest.approx(getattr(m, k), rel=1e-12, abs=1e-12), k
