@@ -135,7 +135,9 @@ def test_embedded_digits_are_the_uci_data_read_without_scikit_learn():
     x = torch.cat([s.images for s in splits]).reshape(1797, 64).numpy().astype(np.int64)
     want = np.clip(np.round(data * (255.0 / 16.0)), 0, 255).astype(np.int64)
     assert sorted(map(bytes, x.astype(np.uint8))) == sorted(map(bytes, want.astype(np.uint8)))
-    code = "import sys; from distree.data import load_split; load_split('digits', 'test'); print('sklearn' in sys.modules)"
+    code = (
+        "import sys\nfrom distree.data import load_split\nload_split('digits', 'test')\nprint('sklearn' in sys.modules)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and json.loads(res.stdout.strip().lower()) is False, res.stderr
 
