@@ -194,7 +194,10 @@ def _reason(e: dict[str, Any], table_word: str) -> str:
     if typ == "literal_error":
         return f"must be {ctx.get('expected')}, got {_short(inp)}"
     if typ in _BOUNDS:
-        return f"must be {_BOUNDS[typ]} {ctx.get(_BOUND_KEYS[typ])}, got {_short(inp)}"
+        bound = ctx.get(_BOUND_KEYS[typ])
+        if isinstance(bound, float) and bound.is_integer() and abs(bound) < 1e15:
+            bound = int(bound)  # ">= 0", not ">= 0.0"
+        return f"must be {_BOUNDS[typ]} {bound}, got {_short(inp)}"
     if typ == "finite_number":
         return f"must be a finite number, got {_short(inp)}"
     if typ in ("too_short", "too_long"):

@@ -113,11 +113,6 @@ def save_checkpoint(
             "register a builder with @register_model and create it by name"
         )
     wpath, jpath = _paths(path)
-    wpath.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = wpath.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT})
-    tmp.replace(wpath)
     extra = dict(extra or {})
     known = {k: extra.pop(k) for k in list(extra) if k in Sidecar.model_fields and k != "extra"}
     meta = {
@@ -137,8 +132,13 @@ def save_checkpoint(
         **known,
         **({"extra": extra} if extra else {}),
     }
-    # what is written must read back: check it now, not when the checkpoint is loaded
+    # what is written must read back: check it before writing anything
     validate(Sidecar, json.loads(json.dumps(meta)), source=str(jpath), error=CheckpointError)
+    wpath.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = wpath.with_suffix(".safetensors.tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT})
+    tmp.replace(wpath)
     jtmp = jpath.with_suffix(".json.tmp")
     jtmp.write_text(json.dumps(meta, indent=2))
     jtmp.replace(jpath)

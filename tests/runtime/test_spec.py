@@ -88,3 +88,31 @@ def test_spec_keeps_its_attribute_interface(rt, tmp_path):
     assert s.checkpoint == rt.checkpoint.resolve() and s.tls is None and s.model_name == "distree"
     with pytest.raises(SpecError, match="node 5 is not in .*nodes are numbered 1..4"):
         s.node(5)
+
+
+def test_spec_file_errors_are_one_line(rt, tmp_path):
+    good = spec_toml(rt.checkpoint, rt.policy, [{"address": "127.0.0.1:7001"}], batching={"max_batch_size": 4})
+    f = tmp_path / "cluster.toml"
+    node = 'address = "127.0.0.1:7001"'
+    cases = {
+        "unknown key": (
+            good.replace("max_batch_size = 4", "max_batch_size = 4\nmax_delay_ms = 2"),
+            "[batching] unknown key 'max_delay_ms' (allowed: max_batch_size, max_queue_delay_ms; "
+            "did you mean 'max_queue_delay_ms'?)",
+        ),
+        "wrong type": (
+            good.replace("max_batch_size = 4", 'max_batch_size = "4"'),
+            "[batching] 'max_batch_size' must be an integer, got '4'",
+        ),
+        "out of range": (
+            good.replace(node, node + "\nmetrics_port = 70000"),
+            "[[nodes]] #1 'metrics_port' must be <= 65535, got 70000",
+        ),
+        "missing key": (good.replace(node, "segment = 1"), "[[nodes]] #1 missing key 'address' (host:port where"),
+    }
+    for name, (text, needle) in cases.items():
+        f.write_text(text)
+        with pytest.raises(SpecError) as ei:
+            load_spec(f)
+        msg = str(ei.value)
+        assert msg.startswith(f"{f}: {needle}") and "\n" not in msg, (name, msg)

@@ -68,7 +68,7 @@ class DeviceProfile(Schema):
             v = getattr(self, key)
             if v is not None and len(v) != n:
                 raise ValueError(f"'{key}' has {len(v)} entries but 'segment_flops' has {n}: one entry per node")
-            if v is not None and key != "exit_flops" and any(x < 0 for x in v):
+            if v is not None and key not in ("exit_flops", "flops_per_s") and any(x < 0 for x in v):
                 raise ValueError(f"'{key}' must not be negative")
         if any(x <= 0 for x in self.flops_per_s):
             raise ValueError("'flops_per_s' must be > 0 for every node")

@@ -152,7 +152,10 @@ class Trace:
             **own,
             **({"meta": other} if other else {}),
         }
-        header = json.loads(json.dumps(header, default=_jsonable))
+        try:
+            header = json.loads(json.dumps(header, default=_jsonable))
+        except (TypeError, ValueError) as e:
+            raise TraceError(f"{path}: {one_line(e)}") from None
         validate(TraceHeader, header, source=str(path), error=TraceError)  # what is written must read back
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"distree": json.dumps(header)})
