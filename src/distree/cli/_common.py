@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -58,7 +57,7 @@ def guarded(fn: Callable[[], T], *errors: type[BaseException]) -> T:
 class DistreeGroup(TyperGroup):
     """The root command group: a :class:`DistreeError` from any command is one line and exit code 2."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DistreeError as e:
@@ -78,4 +77,8 @@ def progress_bar(transient: bool = False) -> Iterator[Progress]:
         console=err_console,
         transient=transient,
     ) as p:
-        yield p
+        try:
+            yield p
+        except BaseException:
+            p.live.transient = True  # a failed step leaves its error line, not a half-drawn bar, last
+            raise
