@@ -12,19 +12,65 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 
-from .models import CostProfile, MultiExitNetwork, create_model
+from ._schema import FORMAT_VERSION, FormatVersion, Schema, read_json, require_table, validate
+from .errors import CheckpointError, ConfigError
+from .models import MultiExitNetwork, create_model
+from .models.cost import CostProfileTable
 
 FORMAT = "distree-checkpoint/1"
 WEIGHTS = "model.safetensors"
 SIDECAR = "model.json"
+_FIX = "the checkpoint is incomplete; train it again with `distree train`"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not match its description."""
+class Normalization(Schema):
+    """Per-channel input normalisation: ``(x / 255 - mean) / std``."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _channels(self) -> Normalization:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"'mean' has {len(self.mean)} channels but 'std' has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"'std' must be > 0 for every channel, got {self.std}")
+        return self
+
+
+class Sidecar(Schema):
+    """``model.json``: everything needed to rebuild the model without other input."""
+
+    format: Literal["distree-checkpoint/1"] = Field(description="a checkpoint sidecar says it is one")
+    format_version: FormatVersion = 1
+    model: str = Field(description="the registered model name (see `distree models`)")
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    num_nodes: int = Field(ge=1)
+    num_classes: int = Field(ge=1)
+    input_shape: list[int] = Field(min_length=1, description="(C, H, W) of one input")
+    classes: list[str] = Field(default_factory=list)
+    normalization: Normalization | None = None
+    cost_profile: CostProfileTable
+    feature_dims: list[int] = Field(default_factory=list)
+    train_config: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    epoch: int | None = Field(None, ge=1)  # written by the trainer
+    val_acc: list[float] | None = None
+    dataset: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)  # anything else given to save_checkpoint(extra=...)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Sidecar:
+        if len(self.cost_profile.segment_flops) != self.num_nodes:
+            raise ValueError(
+                f"'cost_profile' has {len(self.cost_profile.segment_flops)} segments but num_nodes is {self.num_nodes}"
+            )
+        return self
 
 
 def library_versions() -> dict[str, str]:
@@ -67,13 +113,11 @@ def save_checkpoint(
             "register a builder with @register_model and create it by name"
         )
     wpath, jpath = _paths(path)
-    wpath.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = wpath.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT})
-    tmp.replace(wpath)
+    extra = dict(extra or {})
+    known = {k: extra.pop(k) for k in list(extra) if k in Sidecar.model_fields and k != "extra"}
     meta = {
         "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "model": model.model_name,
         "model_args": model.model_args,
         "num_nodes": model.num_nodes,
@@ -85,8 +129,16 @@ def save_checkpoint(
         "feature_dims": model.feature_dims(),
         "train_config": train_config or {},
         "versions": library_versions(),
-        **(extra or {}),
+        **known,
+        **({"extra": extra} if extra else {}),
     }
+    # what is written must read back: check it before writing anything
+    validate(Sidecar, json.loads(json.dumps(meta)), source=str(jpath), error=CheckpointError)
+    wpath.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = wpath.with_suffix(".safetensors.tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT})
+    tmp.replace(wpath)
     jtmp = jpath.with_suffix(".json.tmp")
     jtmp.write_text(json.dumps(meta, indent=2))
     jtmp.replace(jpath)
@@ -94,16 +146,20 @@ def save_checkpoint(
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The validated sidecar as a dict (every key present; ``format_version`` 1 when the file has none)."""
     _, jpath = _paths(path)
-    if not jpath.is_file():
-        raise CheckpointError(f"no checkpoint sidecar at {jpath}; expected a directory with {WEIGHTS} and {SIDECAR}")
-    try:
-        meta = json.loads(jpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint sidecar {jpath} is not valid JSON: {e}") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{jpath} is not a distree checkpoint (format {meta.get('format')!r}, want {FORMAT!r})")
-    return meta
+    hint = f"expected a directory with {WEIGHTS} and {SIDECAR}"
+    d = read_json(jpath, error=CheckpointError, what="checkpoint sidecar", hint=hint)
+    d = require_table(d, source=str(jpath), error=CheckpointError, what="checkpoint sidecar")
+    side = validate(Sidecar, d, source=str(jpath), error=CheckpointError, missing_fix=_FIX)
+    if side.train_config:
+        from .training.config import TrainConfig
+
+        try:
+            TrainConfig.from_dict(side.train_config, source=str(jpath), section=("train_config",))
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+    return side.model_dump()
 
 
 def _shapes_match(model: MultiExitNetwork, state: dict[str, torch.Tensor]) -> bool:
@@ -139,6 +195,5 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiE
         raise CheckpointError(
             f"checkpoint {wpath} has tensors of the wrong shape for {meta['model']} {meta['model_args']}: {bad[:5]}"
         )
-    if "cost_profile" in meta:
-        model._cost = CostProfile.from_dict(meta["cost_profile"])
+    model._cost = CostProfileTable.model_validate(meta["cost_profile"]).build()
     return model.eval(), meta

@@ -11,7 +11,10 @@ import logging
 
 import typer
 
+from ._common import DistreeGroup
+
 app = typer.Typer(
+    cls=DistreeGroup,
     name="distree",
     help="Distributed early-exit inference: train → trace → calibrate → evaluate / simulate / serve.",
     no_args_is_help=True,

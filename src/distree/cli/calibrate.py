@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from . import app
-from ._common import console, fail, guarded
+from ._common import console, fail, guarded, warn
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def calibrate_cmd(
 
     tr = guarded(lambda: load_trace(trace), TraceError)
     if tr.meta.get("split") == "test":
-        console.print("[yellow]warning:[/] calibrating on a test trace; calibrate on validation data, test on test")
+        warn("calibrating on a test trace; calibrate on validation data, test on test")
     params = parse_params(param)
     name = policy or DEFAULT_POLICY
     pol = guarded(

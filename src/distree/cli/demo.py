@@ -20,7 +20,7 @@ from ._common import console, fail
 
 
 def _run(args: list[str]) -> None:
-    console.print(f"\n[bold cyan]$ distree {shlex.join(args)}[/]")
+    console.print(f"\n$ distree {shlex.join(args)}", style="bold cyan")
     rc = subprocess.call([sys.executable, "-m", "distree", *args])
     if rc != 0:
         fail(f"step `distree {args[0]}` failed with exit code {rc}", code=rc)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from ._common import console, fail, guarded
+from ._common import console, fail, guarded, warn
 
 
 @app.command("evaluate")
@@ -35,7 +35,7 @@ def evaluate_cmd(
     test = guarded(lambda: load_trace(trace), TraceError)
     val = guarded(lambda: load_trace(val_trace), TraceError) if val_trace is not None else None
     if test.meta.get("split") == "val" and val is not None:
-        console.print("[yellow]warning:[/] --trace is a validation trace; evaluate on the test split")
+        warn("--trace is a validation trace; evaluate on the test split")
     entries = []
     files: list[Path] = []
     for f in policy_files or []:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from . import app
 from ._common import console, err_console, fail, guarded
@@ -26,7 +27,7 @@ def check() -> None:
 
     console.print(probe().summary())
     ok, why = netem_available()
-    console.print(f"[bold]{'available' if ok else 'not available'}:[/] {why}")
+    console.print(Text.assemble((f"{'available' if ok else 'not available'}:", "bold"), " ", why))
     if not ok:
         raise typer.Exit(1)
 
@@ -65,12 +66,12 @@ def up(
             f"run a command in node 1:  ip netns exec {first.name} <command>   (node 1 is at {first.address})"
         )
         if duration is None:
-            err_console.print("[dim]holding the chain; Ctrl-C removes it[/]")
+            err_console.print("holding the chain; Ctrl-C removes it", style="dim")
         with contextlib.suppress(KeyboardInterrupt):
             time.sleep(duration) if duration is not None else _forever()
     finally:
         chain.close()
-        err_console.print("[dim]chain removed[/]")
+        err_console.print("chain removed", style="dim")
 
 
 def _forever() -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from . import app
 from ._common import console, fail, guarded
@@ -76,7 +77,7 @@ def cluster_up(
         metrics = f"http://{n.listen.rpartition(':')[0]}:{n.metrics_port}/metrics" if n.metrics_port else "-"
         t.add_row(str(n.segment), str(cluster.procs[n.segment].pid), n.address, metrics, role)
     console.print(t)
-    console.print(f"model {s.model_name!r} at [bold]{s.nodes[0].address}[/]")
+    console.print(Text.assemble(f"model {s.model_name!r} at ", (s.nodes[0].address, "bold")))
     if detach:
         console.print(f"pids in {s.pid_file}; stop with `distree cluster down --spec {spec}`")
         return
@@ -94,7 +95,7 @@ def cluster_up(
             time.sleep(0.3)
             for k, p in cluster.procs.items():
                 if p.poll() is not None and k not in reported and s.pid_file.exists():
-                    console.print(f"[yellow]node {k} exited with code {p.returncode}[/]")
+                    console.print(f"node {k} exited with code {p.returncode}", style="yellow")
                     reported.add(k)
     finally:
         codes = cluster.stop()
@@ -195,7 +196,7 @@ def infer_cmd(
     ok = [r for r in res if not isinstance(r, grpc.RpcError)]
     for name, r in list(zip(names, res, strict=True))[:show]:
         if isinstance(r, grpc.RpcError):
-            t.add_row(name, f"[red]{r.code().name}: {r.details()}[/]", "", "", "", "")
+            t.add_row(name, Text(f"{r.code().name}: {r.details()}", style="red"), "", "", "", "")
             continue
         p = int(r.predictions[0])
         t.add_row(

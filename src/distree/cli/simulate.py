@@ -149,7 +149,7 @@ def _run_sweeps(sc, tr, pols, names, plan, engine, out: Path) -> None:
             md = markdown_table(rows, extra=["value"])
             (out / f"{stem}.md").write_text(f"# {sc.name}: sweep of {var}\n\n{md}\n")
             plot_sweep(rows, var, out / f"{stem}.png")
-            console.print(f"[bold]{var}[/]")
+            console.print(var, style="bold")
             console.print(md)
             console.print(f"sweep {var}: {out / (stem + '.md')}, {out / (stem + '.png')}")
 

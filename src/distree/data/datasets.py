@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DatasetError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -39,10 +41,6 @@ _KNOWN_NORM = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion-mnist": ((0.2860,), (0.3530,)),
 }
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing or unreadable; the message says what was expected where."""
 
 
 @dataclass

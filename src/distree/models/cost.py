@@ -8,18 +8,21 @@ tensor node ``i`` sends to node ``i + 1`` (one sample, float32 unless told other
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, model_validator
+
+from .._schema import Schema
 
 
 @dataclass(frozen=True)
 class CostProfile:
     """Per-sample costs. Lists are indexed by node (0-based)."""
 
-    segment_flops: list[int]
-    exit_flops: list[int]
-    hop_bytes: list[int]  # len N-1: bytes node i sends to node i+1
+    segment_flops: list[_Count]
+    exit_flops: list[_Count]
+    hop_bytes: list[_Count]  # len N-1: bytes node i sends to node i+1
     hop_shapes: list[list[int]] = field(default_factory=list)  # per hop, without batch dim
     input_bytes: int = 0  # bytes of one input sample (client -> node 1)
     output_bytes: int = 0  # bytes of one answer (class probabilities)
@@ -64,6 +67,32 @@ class CostProfile:
             input_bytes=int(d.get("input_bytes", 0)),
             output_bytes=int(d.get("output_bytes", 0)),
         )
+
+
+_Count = Annotated[int, Field(ge=0)]
+
+
+class CostProfileTable(Schema):
+    """The ``cost_profile`` table of a trace header or checkpoint sidecar."""
+
+    segment_flops: list[_Count] = Field(min_length=1, description="FLOPs of each segment")
+    exit_flops: list[_Count] = Field(min_length=1, description="FLOPs of each exit head")
+    hop_bytes: list[_Count] = Field(description="bytes node i sends to node i+1 (num_nodes - 1 entries)")
+    hop_shapes: list[list[int]] = Field(default_factory=list)
+    input_bytes: int = Field(0, ge=0)
+    output_bytes: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> CostProfileTable:
+        n = len(self.segment_flops)
+        if len(self.exit_flops) != n:
+            raise ValueError(f"'exit_flops' has {len(self.exit_flops)} entries for {n} segments: one per node")
+        if len(self.hop_bytes) != n - 1:
+            raise ValueError(f"'hop_bytes' must have num_nodes-1={n - 1} entries, got {len(self.hop_bytes)}")
+        return self
+
+    def build(self) -> CostProfile:
+        return CostProfile(**self.model_dump())
 
 
 def count_flops(fn: Any, *args: Any) -> tuple[int, Any]:

@@ -27,6 +27,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._schema import FORMAT_VERSION
+from ..errors import PolicyError
+from ._params import validate_params
 from .thresholds import exit_mask
 
 State = dict[str, np.ndarray]
@@ -55,7 +58,12 @@ class Decision:
 
 
 class ExitPolicy(abc.ABC):
-    """Base class. Subclasses set ``name`` and implement :meth:`score`."""
+    """Base class. Subclasses set ``name`` and implement :meth:`score`.
+
+    A subclass with parameters declares them as keyword-only constructor arguments with type hints
+    and defaults, and passes them on to this constructor by name; they are validated here against
+    that signature (:mod:`distree.policies._params`) and kept in :attr:`params`.
+    """
 
     name: ClassVar[str] = "base"
     deployable: ClassVar[bool] = True
@@ -71,15 +79,18 @@ class ExitPolicy(abc.ABC):
     baseline: ClassVar[bool] = False
 
     def __init__(self, num_nodes: int, thresholds: Any = None, **params: Any) -> None:
-        if num_nodes < 1:
-            raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int | np.integer) or num_nodes < 1:
+            raise PolicyError(f"{self.name}: num_nodes must be an integer >= 1, got {num_nodes!r}")
         self.num_nodes = int(num_nodes)
-        self.params: dict[str, Any] = dict(params)
+        self.params: dict[str, Any] = validate_params(type(self), params, source=f"policy {self.name!r}")
         if thresholds is None:
             thresholds = self.default_thresholds()
-        self.thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+        try:
+            self.thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise PolicyError(f"{self.name}: thresholds must be numbers, one per node: {e}") from None
         if self.thresholds.shape != (self.num_nodes,):
-            raise ValueError(
+            raise PolicyError(
                 f"{self.name}: need one threshold per node ({self.num_nodes}), got {self.thresholds.shape[0]}"
             )
         self.calibration: dict[str, Any] = {}
@@ -127,7 +138,7 @@ class ExitPolicy(abc.ABC):
         """Scores of every sample at every node, (n, N), for offline evaluation and calibration."""
         n, nn_, _ = logits.shape
         if nn_ != self.num_nodes:
-            raise ValueError(f"trace has {nn_} exits but the policy is for {self.num_nodes} nodes")
+            raise PolicyError(f"trace has {nn_} exits but the policy is for {self.num_nodes} nodes")
         out = np.empty((n, nn_), dtype=np.float64)
         state = self.init_state(n)
         for i in range(nn_):
@@ -139,6 +150,7 @@ class ExitPolicy(abc.ABC):
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": POLICY_FORMAT,
+            "format_version": FORMAT_VERSION,
             "policy": self.name,
             "num_nodes": self.num_nodes,
             "deployable": self.deployable,

@@ -11,13 +11,14 @@ exit's feature vector (F floats). The QoS rule is the one of :meth:`ExitPolicy.d
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Ge
 
 from . import _measures as m
 from .base import State, softmax
-from .distree_policy import DistreePolicy
+from .distree_policy import DistreePolicy, FirstRule, Measure
 from .registry import register_policy
 
 
@@ -25,14 +26,16 @@ from .registry import register_policy
 class DistreeConfPolicy(DistreePolicy):
     name = "distree-conf"
 
-    def __init__(self, num_nodes: int, thresholds: Any = None, **params: Any) -> None:
-        params.setdefault("alpha", 0.5)
-        params.setdefault("measure", "feat-l2")
-        params["alpha"] = float(params["alpha"])
-        if params["alpha"] < 0:
-            raise ValueError(f"{self.name}: alpha must be >= 0, got {params['alpha']}")
-        params.setdefault("first", "confidence")
-        super().__init__(num_nodes, thresholds, **params)
+    def __init__(
+        self,
+        num_nodes: int,
+        thresholds: Any = None,
+        *,
+        alpha: Annotated[float, Ge(0)] = 0.5,
+        measure: Measure = "feat-l2",
+        first: FirstRule = "confidence",
+    ) -> None:
+        super().__init__(num_nodes, thresholds, alpha=alpha, measure=measure, first=first)
 
     def score(self, node, logits, features, state, labels=None) -> tuple[np.ndarray, State]:
         p = softmax(np.asarray(logits, dtype=np.float32))

@@ -25,7 +25,7 @@ for feature measures, its feature vector (B, F).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -33,10 +33,12 @@ from . import _measures as m
 from .base import ExitPolicy, State, softmax
 from .registry import register_policy
 
+Measure = Literal["tv", "js", "kl", "feat-l2", "feat-cos"]
+FirstRule = Literal["confidence", "entropy", "none"]
 PROB_MEASURES = ("tv", "js", "kl")
 FEATURE_MEASURES = ("feat-l2", "feat-cos")
-MEASURES = PROB_MEASURES + FEATURE_MEASURES
-FIRST_NODE = ("confidence", "entropy", "none")
+MEASURES: tuple[str, ...] = get_args(Measure)
+FIRST_NODE: tuple[str, ...] = get_args(FirstRule)
 
 
 def first_node_score(kind: str, p: np.ndarray) -> np.ndarray:
@@ -51,16 +53,17 @@ def first_node_score(kind: str, p: np.ndarray) -> np.ndarray:
 class DistreePolicy(ExitPolicy):
     name = "distree"
 
-    def __init__(self, num_nodes: int, thresholds: Any = None, **params: Any) -> None:
-        params.setdefault("measure", "tv")
-        params.setdefault("first", "confidence")
-        if params["measure"] not in MEASURES:
-            raise ValueError(f"{self.name}: unknown measure {params['measure']!r}; use one of {', '.join(MEASURES)}")
-        if params["first"] not in FIRST_NODE:
-            raise ValueError(
-                f"{self.name}: unknown first-node rule {params['first']!r}; use one of {', '.join(FIRST_NODE)}"
-            )
-        super().__init__(num_nodes, thresholds, **params)
+    def __init__(
+        self,
+        num_nodes: int,
+        thresholds: Any = None,
+        *,
+        measure: Measure = "tv",
+        first: FirstRule = "confidence",
+        **params: Any,
+    ) -> None:
+        # ``params``: the parameters a subclass adds (validated against the subclass's signature)
+        super().__init__(num_nodes, thresholds, measure=measure, first=first, **params)
         self.needs_features = self.params["measure"] in FEATURE_MEASURES  # type: ignore[misc]
 
     def difference(self, p: np.ndarray, f: np.ndarray | None, prev: np.ndarray) -> np.ndarray:

@@ -10,10 +10,11 @@ where the prediction is correct and otherwise runs to the last node. Thresholds 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import PolicyError
 from .base import ExitPolicy, State
 from .registry import register_policy
 
@@ -25,11 +26,8 @@ class OraclePolicy(ExitPolicy):
     needs_labels = True
     tunable = False
 
-    def __init__(self, num_nodes: int, thresholds: Any = None, **params: Any) -> None:
-        params.setdefault("hopeless", "first")
-        if params["hopeless"] not in ("first", "last"):
-            raise ValueError(f"{self.name}: 'hopeless' must be 'first' or 'last', got {params['hopeless']!r}")
-        super().__init__(num_nodes, thresholds, **params)
+    def __init__(self, num_nodes: int, thresholds: Any = None, *, hopeless: Literal["first", "last"] = "first") -> None:
+        super().__init__(num_nodes, thresholds, hopeless=hopeless)
 
     def default_thresholds(self) -> np.ndarray:
         return np.full(self.num_nodes, 0.5)
@@ -50,7 +48,7 @@ class OraclePolicy(ExitPolicy):
     def score_matrix(self, logits, features=None, labels=None) -> np.ndarray:
         n, nn_, _ = logits.shape
         if nn_ != self.num_nodes:
-            raise ValueError(f"trace has {nn_} exits but the policy is for {self.num_nodes} nodes")
+            raise PolicyError(f"trace has {nn_} exits but the policy is for {self.num_nodes} nodes")
         y = self._labels(labels, n)
         s = (np.asarray(logits).argmax(axis=-1) == y[:, None]).astype(np.float64)
         if self.params["hopeless"] == "first":

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PolicyError
 from .base import ExitPolicy, State
 from .registry import register_policy
 
@@ -20,10 +21,8 @@ from .registry import register_policy
 class RandomPolicy(ExitPolicy):
     name = "random"
 
-    def __init__(self, num_nodes: int, thresholds: Any = None, **params: Any) -> None:
-        params.setdefault("seed", 0)
-        params["seed"] = int(params["seed"])
-        super().__init__(num_nodes, thresholds, **params)
+    def __init__(self, num_nodes: int, thresholds: Any = None, *, seed: int = 0) -> None:
+        super().__init__(num_nodes, thresholds, seed=seed)
         self._rng = np.random.default_rng(self.params["seed"])
 
     @classmethod
@@ -37,5 +36,5 @@ class RandomPolicy(ExitPolicy):
     def score_matrix(self, logits, features=None, labels=None) -> np.ndarray:
         n, nn_, _ = logits.shape
         if nn_ != self.num_nodes:
-            raise ValueError(f"trace has {nn_} exits but the policy is for {self.num_nodes} nodes")
+            raise PolicyError(f"trace has {nn_} exits but the policy is for {self.num_nodes} nodes")
         return np.random.default_rng(self.params["seed"]).random((n, nn_))

@@ -8,7 +8,7 @@ this is the baseline as published. State: the previous exit's output.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,11 +21,8 @@ from .registry import register_policy
 class SimilarityPolicy(ExitPolicy):
     name = "similarity"
 
-    def __init__(self, num_nodes: int, thresholds: Any = None, **params: Any) -> None:
-        params.setdefault("on", "probs")
-        if params["on"] not in ("probs", "features"):
-            raise ValueError(f"{self.name}: 'on' must be 'probs' or 'features', got {params['on']!r}")
-        super().__init__(num_nodes, thresholds, **params)
+    def __init__(self, num_nodes: int, thresholds: Any = None, *, on: Literal["probs", "features"] = "probs") -> None:
+        super().__init__(num_nodes, thresholds, on=on)
         self.needs_features = self.params["on"] == "features"  # type: ignore[misc]
 
     def score(self, node, logits, features, state, labels=None) -> tuple[np.ndarray, State]:

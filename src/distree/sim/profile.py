@@ -15,11 +15,75 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .scenario import PROFILE_FORMAT
+from pydantic import Field, model_validator
+
+from .._schema import FORMAT_VERSION, FormatVersion, Schema, read_json, require_table, validate
+from ..errors import ProfileError
 
 log = logging.getLogger(__name__)
+
+PROFILE_FORMAT = "distree-device-profile/1"
+_FIX = "re-create it with `distree profile-device --checkpoint C --out P.json`"
+
+
+class HostInfo(Schema):
+    """Where a profile was measured."""
+
+    node: str | None = None
+    machine: str | None = None
+    processor: str | None = None
+    python: str | None = None
+    torch: str | None = None
+    torch_threads: int | None = None
+
+
+class DeviceProfile(Schema):
+    """The device-profile file (JSON) written by :func:`profile_device` / ``distree profile-device``."""
+
+    format: Literal["distree-device-profile/1"] = Field(description="a device profile says it is one")
+    format_version: FormatVersion = 1
+    checkpoint: str | None = None
+    model: str | None = None
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    num_nodes: int | None = Field(None, ge=1)
+    segment_flops: list[int] = Field(min_length=1)
+    exit_flops: list[int] = Field(min_length=1)
+    segment_s: list[float] | None = None
+    exit_s: list[float] | None = None
+    node_s: list[float] = Field(min_length=1, description="median seconds per node (segment + exit) at batch 1")
+    flops_per_s: list[float] = Field(min_length=1)
+    batch_sizes: list[int] | None = None
+    batch_node_s: dict[str, list[float]] | None = None
+    batch_marginal: list[float] | None = None
+    repeats: int | None = None
+    warmup: int | None = None
+    host: HostInfo | None = None
+
+    @model_validator(mode="after")
+    def _one_entry_per_node(self) -> DeviceProfile:
+        n = len(self.segment_flops)
+        for key in ("exit_flops", "segment_s", "exit_s", "node_s", "flops_per_s", "batch_marginal"):
+            v = getattr(self, key)
+            if v is not None and len(v) != n:
+                raise ValueError(f"'{key}' has {len(v)} entries but 'segment_flops' has {n}: one entry per node")
+            if v is not None and key not in ("exit_flops", "flops_per_s") and any(x < 0 for x in v):
+                raise ValueError(f"'{key}' must not be negative")
+        if any(x <= 0 for x in self.flops_per_s):
+            raise ValueError("'flops_per_s' must be > 0 for every node")
+        return self
+
+
+def load_device_profile(path: str | Path) -> dict[str, Any]:
+    """Read and validate a device profile; returns its dict plus ``_path`` (the file)."""
+    path = Path(path)
+    d = read_json(path, error=ProfileError, what="device profile", hint="create one with `distree profile-device`")
+    d = require_table(d, source=str(path), error=ProfileError, what="device profile")
+    prof = validate(DeviceProfile, d, source=str(path), error=ProfileError, missing_fix=_FIX)
+    out = prof.model_dump(exclude_none=True)
+    out["_path"] = str(path)
+    return out
 
 
 def _median_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
@@ -97,6 +161,7 @@ def profile_device(
     )
     prof: dict[str, Any] = {
         "format": PROFILE_FORMAT,
+        "format_version": FORMAT_VERSION,
         "checkpoint": str(checkpoint),
         "model": meta.get("model"),
         "model_args": meta.get("model_args", {}),

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import PolicyError
 from ..policies import ExitPolicy, create_policy, list_policies, load_policy
 from ..trace import Trace
 from .des import run_simpy
@@ -32,11 +33,11 @@ def resolve_policy(spec: str | Path | ExitPolicy, num_nodes: int) -> ExitPolicy:
         elif str(spec) in list_policies():
             pol = create_policy(str(spec), num_nodes)
         else:
-            raise ValueError(
+            raise PolicyError(
                 f"policy {spec!r} is neither a policy file nor a registered policy ({', '.join(list_policies())})"
             )
     if pol.num_nodes != num_nodes:
-        raise ValueError(f"policy {pol.name} is for {pol.num_nodes} nodes but the trace has {num_nodes} exits")
+        raise PolicyError(f"policy {pol.name} is for {pol.num_nodes} nodes but the trace has {num_nodes} exits")
     return pol
 
 

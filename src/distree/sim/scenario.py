@@ -24,15 +24,16 @@ node k+1), like the runtime's answers.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from .._schema import FormatVersion, LocatedError, Schema, WholeInt, read_toml, validate
+from ..errors import ProfileError, ScenarioError
 from ..fluctuation import (
     BandwidthTrace,
     ConstantBandwidth,
@@ -42,87 +43,196 @@ from ..fluctuation import (
     speed_profile_from_spec,
 )
 from ..models.cost import CostProfile
+from .profile import PROFILE_FORMAT, load_device_profile
 
-PROFILE_FORMAT = "distree-device-profile/1"
 ARRIVALS = ("poisson", "deterministic", "onoff", "closed")
 ENGINES = ("auto", "simpy", "vector")
-
-
-class ScenarioError(ValueError):
-    """A scenario file or device profile is missing or invalid."""
-
-
-# ---------------------------------------------------------------------------- key sets
-_TOP = {"name", "seed", "engine", "workload", "devices", "network", "description"}
-_WORKLOAD = {
-    "arrival", "rate_per_s", "requests", "deadline_s", "deadline_jitter_s", "samples",
-    "rate_on_per_s", "mean_on_s", "mean_off_s", "clients", "think_s",
-}  # fmt: skip
-_DEVICE = {
-    "flops_per_s", "seconds", "speed", "max_batch", "max_delay_s", "batch_marginal", "mttf_s", "mttr_s",
-    "service", "service_cv",
-}  # fmt: skip
 SERVICES = ("deterministic", "exponential", "lognormal")
-_DEVICES = _DEVICE | {"profile", "use", "nodes"}
-_LINK = {"bandwidth_mbps", "bandwidth", "delay_s"}
-_NETWORK = {"return", "uplink", "hops", "hop"}
+_FIX = "see docs/simulator.md for the scenario keys"
 
 
-def _check_keys(d: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise ScenarioError(f"[{where}] must be a table, got {type(d).__name__}")
-    extra = set(d) - allowed
-    if extra:
-        raise ScenarioError(f"[{where}]: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
-    return d
+# ---------------------------------------------------------------------------- tables (the file schema)
+def _resolve_spec(spec: Any, info: ValidationInfo) -> Any:
+    """Make a speed/bandwidth table's ``path`` relative to the scenario file's folder."""
+    if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+        base = Path((info.context or {}).get("base", Path.cwd()))
+        p = Path(spec["path"])
+        spec = {**spec, "path": str(p if p.is_absolute() else base / p)}
+    return spec
 
 
-def _num(d: dict[str, Any], key: str, where: str, default: Any = None, *, lo: float | None = 0.0,
-         strict: bool = False, integer: bool = False) -> Any:  # fmt: skip
-    if key not in d:
-        return default
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ScenarioError(f"[{where}] {key} must be a number, got {v!r}")
-    if integer and (not float(v).is_integer()):
-        raise ScenarioError(f"[{where}] {key} must be a whole number, got {v!r}")
-    if not math.isfinite(float(v)):
-        raise ScenarioError(f"[{where}] {key} must be finite, got {v!r}")
-    if lo is not None and (v <= lo if strict else v < lo):
-        raise ScenarioError(f"[{where}] {key} must be {'>' if strict else '>='} {lo}, got {v!r}")
-    return int(v) if integer else float(v)
+class Workload(Schema):
+    """``[workload]``: the request stream."""
+
+    arrival: Literal["poisson", "deterministic", "onoff", "closed"] = "poisson"
+    requests: WholeInt = Field(1000, ge=1)
+    rate_per_s: float = Field(10.0, gt=0, description="requests per second")
+    deadline_s: float | None = Field(None, gt=0)
+    deadline_jitter_s: float = Field(0.0, ge=0)
+    samples: Literal["random", "cycle"] = "random"
+    rate_on_per_s: float = Field(0.0, ge=0)
+    mean_on_s: float = Field(1.0, gt=0)
+    mean_off_s: float = Field(1.0, gt=0)
+    clients: WholeInt = Field(1, ge=1)
+    think_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _jitter(self) -> Workload:
+        if self.deadline_s is not None and self.deadline_jitter_s >= self.deadline_s:
+            raise LocatedError(
+                f"must be smaller than deadline_s ({self.deadline_s}), got {self.deadline_jitter_s}",
+                ("deadline_jitter_s",),
+            )
+        return self
+
+    def check_complete(self) -> None:
+        """The keys an arrival process needs must be given (not left at their defaults)."""
+        given = self.model_fields_set
+        if self.arrival == "onoff":
+            for k in ("rate_on_per_s", "mean_on_s", "mean_off_s"):
+                if k not in given:
+                    raise LocatedError(f"arrival = 'onoff' needs {k}")
+            if self.rate_on_per_s <= 0:
+                raise LocatedError(f"must be > 0 with arrival = 'onoff', got {self.rate_on_per_s}", ("rate_on_per_s",))
+        if self.arrival in ("poisson", "deterministic") and "rate_per_s" not in given:
+            raise LocatedError(f"arrival = '{self.arrival}' needs rate_per_s (requests per second)")
+
+
+class DeviceSpec(Schema):
+    """``[devices]`` defaults and ``[[devices.nodes]]`` overrides: one node's compute."""
+
+    flops_per_s: float | None = Field(None, gt=0)
+    seconds: float | None = Field(None, gt=0)  # nominal seconds per request at this node (segment + head)
+    speed: dict[str, Any] | float | None = None
+    max_batch: WholeInt = Field(1, ge=1)
+    max_delay_s: float = Field(0.0, ge=0)
+    batch_marginal: float = Field(1.0, ge=0)  # extra time per extra batch row, relative to batch 1
+    mttf_s: float = Field(0.0, ge=0)  # 0: never fails
+    mttr_s: float = Field(1.0, gt=0)
+    service: Literal["deterministic", "exponential", "lognormal"] = "deterministic"
+    service_cv: float = Field(0.0, ge=0)  # coefficient of variation for lognormal
+
+    @field_validator("speed", mode="before")
+    @classmethod
+    def _speed(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float | dict):
+            raise ValueError(f"must be a factor or a table {{kind = ...}}, got {v!r}")
+        v = _resolve_spec(v, info)
+        try:
+            speed_profile_from_spec(v)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"is not a valid speed profile: {e}") from None
+        return float(v) if isinstance(v, int) else v
+
+    @model_validator(mode="after")
+    def _compute(self) -> DeviceSpec:
+        if {"flops_per_s", "seconds"} <= self.model_fields_set:
+            raise ValueError("give either flops_per_s or seconds, not both")
+        return self
+
+    def check_service(self) -> None:
+        if self.service == "lognormal" and self.service_cv <= 0:
+            raise LocatedError(
+                f"must be > 0 with service = 'lognormal' (e.g. 0.1), got {self.service_cv}", ("service_cv",)
+            )
+
+
+class _DeviceOverride(DeviceSpec):
+    node: WholeInt = Field(ge=1, description="node = <1-based node number>")
+
+
+class _Devices(DeviceSpec):
+    profile: str | None = Field(None, description="a device profile from `distree profile-device`")
+    use: Literal["auto", "seconds", "flops"] = "auto"
+    nodes: list[_DeviceOverride] = Field(default_factory=list)
+
+    def defaults(self) -> DeviceSpec:
+        """The [devices] keys that apply to every node."""
+        keys = set(DeviceSpec.model_fields)
+        return DeviceSpec.model_construct(
+            _fields_set=self.model_fields_set & keys, **{k: copy.deepcopy(getattr(self, k)) for k in keys}
+        )
+
+
+class _Link(Schema):
+    bandwidth_mbps: float | None = Field(None, gt=0)
+    bandwidth: dict[str, Any] | float | None = None
+    delay_s: float = Field(0.0, ge=0)
+
+    @field_validator("bandwidth", mode="before")
+    @classmethod
+    def _bandwidth(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float | dict):
+            raise ValueError(f"must be Mbit/s or a table {{kind = ...}}, got {v!r}")
+        v = _resolve_spec(v, info)
+        try:
+            bandwidth_from_spec(v)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"is not a valid bandwidth: {e}") from None
+        return float(v) if isinstance(v, int) else v
+
+    @model_validator(mode="after")
+    def _one_bandwidth(self) -> _Link:
+        if self.bandwidth_mbps is not None and self.bandwidth is not None:
+            raise ValueError("give either bandwidth_mbps or bandwidth, not both")
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys this table sets, as :class:`LinkSpec` fields."""
+        out: dict[str, Any] = {}
+        if self.bandwidth_mbps is not None:
+            out["bandwidth"] = self.bandwidth_mbps
+        if self.bandwidth is not None:
+            out["bandwidth"] = self.bandwidth
+        if "delay_s" in self.model_fields_set:
+            out["delay_s"] = self.delay_s
+        return out
+
+
+class _HopOverride(_Link):
+    hop: WholeInt = Field(ge=1, description="hop = <k> (the link between node k and node k+1)")
+
+
+class _Network(Schema):
+    return_: Literal["chain", "direct"] = Field("chain", alias="return")
+    uplink: _Link = Field(default_factory=_Link)
+    hops: _Link = Field(default_factory=_Link)
+    hop: list[_HopOverride] = Field(default_factory=list)
+
+
+class ScenarioFile(Schema):
+    """A scenario file (TOML). See docs/simulator.md for every key."""
+
+    format_version: FormatVersion = 1
+    name: str | None = None
+    description: str | None = None
+    seed: WholeInt = Field(0, ge=0)
+    engine: Literal["auto", "simpy", "vector"] = "auto"
+    workload: Workload = Field(default_factory=Workload)
+    devices: _Devices = Field(default_factory=_Devices)
+    network: _Network = Field(default_factory=_Network)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ScenarioFile:
+        for section, check in (("workload", self.workload.check_complete), ("devices", self.devices.check_service)):
+            try:
+                check()
+            except LocatedError as e:
+                raise LocatedError(str(e), (section, *e.loc)) from None
+        base = self.devices.defaults()
+        for j, over in enumerate(self.devices.nodes):
+            try:
+                _merge_device(base, _device_overrides(over)).check_service()
+            except LocatedError as e:
+                raise LocatedError(str(e), ("devices", "nodes", j, *e.loc)) from None
+        return self
 
 
 # ---------------------------------------------------------------------------- data
-@dataclass
-class Workload:
-    arrival: str = "poisson"
-    requests: int = 1000
-    rate_per_s: float = 10.0
-    deadline_s: float | None = None
-    deadline_jitter_s: float = 0.0
-    samples: str = "random"  # random | cycle
-    rate_on_per_s: float = 0.0
-    mean_on_s: float = 1.0
-    mean_off_s: float = 1.0
-    clients: int = 1
-    think_s: float = 0.0
-
-
-@dataclass
-class DeviceSpec:
-    flops_per_s: float | None = None
-    seconds: float | None = None  # nominal seconds per request at this node (segment + head)
-    speed: dict[str, Any] | float | None = None
-    max_batch: int = 1
-    max_delay_s: float = 0.0
-    batch_marginal: float = 1.0  # extra time per extra batch row, relative to batch 1
-    mttf_s: float = 0.0  # 0: never fails
-    mttr_s: float = 1.0
-    service: str = "deterministic"  # per-request work: fixed, or random with mean 1 x nominal
-    service_cv: float = 0.0  # coefficient of variation for lognormal
-
-
 @dataclass
 class LinkSpec:
     bandwidth: dict[str, Any] | float = 1000.0
@@ -150,192 +260,64 @@ class Scenario:
         return copy.deepcopy(self)
 
 
-def _device_spec(d: dict[str, Any], where: str, base: DeviceSpec | None = None) -> DeviceSpec:
-    out = copy.deepcopy(base) if base is not None else DeviceSpec()
-    if "flops_per_s" in d:
-        out.flops_per_s = _num(d, "flops_per_s", where, lo=0.0, strict=True)
-        out.seconds = None
-    if "seconds" in d:
-        out.seconds = _num(d, "seconds", where, lo=0.0, strict=True)
-        out.flops_per_s = None
-    if "speed" in d:
-        sp = d["speed"]
-        if isinstance(sp, bool) or not isinstance(sp, int | float | dict):
-            raise ScenarioError(f"[{where}] speed must be a factor or a table {{kind = ...}}, got {sp!r}")
-        out.speed = sp
-    out.max_batch = _num(d, "max_batch", where, out.max_batch, lo=1, integer=True)
-    out.max_delay_s = _num(d, "max_delay_s", where, out.max_delay_s)
-    out.batch_marginal = _num(d, "batch_marginal", where, out.batch_marginal)
-    out.mttf_s = _num(d, "mttf_s", where, out.mttf_s)
-    out.mttr_s = _num(d, "mttr_s", where, out.mttr_s, lo=0.0, strict=True)
-    if "service" in d:
-        out.service = str(d["service"])
-        if out.service not in SERVICES:
-            raise ScenarioError(f"[{where}] service must be one of {SERVICES}, got {out.service!r}")
-    out.service_cv = _num(d, "service_cv", where, out.service_cv)
-    if out.service == "lognormal" and out.service_cv <= 0:
-        raise ScenarioError(f"[{where}] service = 'lognormal' needs service_cv > 0 (e.g. 0.1)")
+def _device_overrides(over: _DeviceOverride) -> dict[str, Any]:
+    return {k: getattr(over, k) for k in over.model_fields_set if k != "node"}
+
+
+def _merge_device(base: DeviceSpec, over: dict[str, Any]) -> DeviceSpec:
+    """``base`` with a node's overrides; giving ``seconds`` drops the default ``flops_per_s`` and vice versa."""
+    upd = dict(over)
+    if "seconds" in upd:
+        upd.setdefault("flops_per_s", None)
+    if "flops_per_s" in upd:
+        upd.setdefault("seconds", None)
+    return base.model_copy(update=copy.deepcopy(upd))
+
+
+def _merge_link(base: LinkSpec, over: dict[str, Any]) -> LinkSpec:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        setattr(out, k, copy.deepcopy(v))
     return out
 
 
-def _link_spec(d: dict[str, Any], where: str, base: LinkSpec | None = None) -> LinkSpec:
-    out = copy.deepcopy(base) if base is not None else LinkSpec()
-    if "bandwidth_mbps" in d and "bandwidth" in d:
-        raise ScenarioError(f"[{where}] give either bandwidth_mbps or bandwidth, not both")
-    if "bandwidth_mbps" in d:
-        out.bandwidth = _num(d, "bandwidth_mbps", where, lo=0.0, strict=True)
-    if "bandwidth" in d:
-        bw = d["bandwidth"]
-        if isinstance(bw, bool) or not isinstance(bw, int | float | dict):
-            raise ScenarioError(f"[{where}] bandwidth must be Mbit/s or a table {{kind = ...}}, got {bw!r}")
-        out.bandwidth = bw
-    out.delay_s = _num(d, "delay_s", where, out.delay_s)
-    return out
+def parse_scenario(data: dict[str, Any], base_dir: str | Path | None = None, *, source: str = "scenario") -> Scenario:
+    """Validate a scenario mapping (as read from TOML) into a :class:`Scenario`.
 
-
-def _resolve_paths(spec: Any, base: Path) -> Any:
-    """Make a spec's ``path`` relative to the scenario file's folder."""
-    if isinstance(spec, dict) and "path" in spec:
-        p = Path(spec["path"])
-        spec = {**spec, "path": str(p if p.is_absolute() else base / p)}
-    return spec
-
-
-def _overrides(
-    items: Any, table: str, index_key: str, index_help: str, keys: set[str], validate: Any, path_key: str, base: Path
-) -> dict[int, dict[str, Any]]:
-    """Per-node / per-hop override tables (``[[devices.nodes]]``, ``[[network.hop]]``), validated, by 0-based index."""
-    section, name = table.split(".")
-    if not isinstance(items, list):
-        raise ScenarioError(f"[{section}] {name} must be an array of tables ([[{table}]])")
-    out: dict[int, dict[str, Any]] = {}
-    for j, item in enumerate(items):
-        where = f"{table} #{j + 1}"
-        _check_keys(item, keys | {index_key}, where)
-        if index_key not in item:
-            raise ScenarioError(f"[{where}] needs {index_key} = {index_help}")
-        k = _num(item, index_key, where, lo=1, integer=True) - 1
-        over = {kk: vv for kk, vv in item.items() if kk != index_key}
-        validate(over, where)  # validate now
-        if path_key in over:
-            over[path_key] = _resolve_paths(over[path_key], base)
-        out[k] = over
-    return out
-
-
-def parse_scenario(data: dict[str, Any], base_dir: str | Path | None = None) -> Scenario:
-    """Validate a scenario mapping (as read from TOML) into a :class:`Scenario`."""
+    Paths in it are relative to ``base_dir``; ``source`` names the file in error messages.
+    """
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    _check_keys(data, _TOP, "scenario")
+    f = validate(ScenarioFile, data, source=source, error=ScenarioError, context={"base": base}, missing_fix=_FIX)
     sc = Scenario(base_dir=base, raw=copy.deepcopy(data))
-    sc.name = str(data.get("name", "scenario"))
-    sc.seed = _num(data, "seed", "scenario", 0, integer=True)
-    sc.engine = str(data.get("engine", "auto"))
-    if sc.engine not in ENGINES:
-        raise ScenarioError(f"engine must be one of {ENGINES}, got {sc.engine!r}")
-
-    w = _check_keys(data.get("workload", {}), _WORKLOAD, "workload")
-    wl = Workload()
-    wl.arrival = str(w.get("arrival", "poisson"))
-    if wl.arrival not in ARRIVALS:
-        raise ScenarioError(f"[workload] arrival must be one of {ARRIVALS}, got {wl.arrival!r}")
-    wl.requests = _num(w, "requests", "workload", wl.requests, lo=1, integer=True)
-    wl.rate_per_s = _num(w, "rate_per_s", "workload", wl.rate_per_s, lo=0.0, strict=True)
-    wl.deadline_s = _num(w, "deadline_s", "workload", None, lo=0.0, strict=True)
-    wl.deadline_jitter_s = _num(w, "deadline_jitter_s", "workload", 0.0)
-    if wl.deadline_s is not None and wl.deadline_jitter_s >= wl.deadline_s:
-        raise ScenarioError("[workload] deadline_jitter_s must be smaller than deadline_s")
-    wl.samples = str(w.get("samples", "random"))
-    if wl.samples not in ("random", "cycle"):
-        raise ScenarioError(f"[workload] samples must be 'random' or 'cycle', got {wl.samples!r}")
-    if wl.arrival == "onoff":
-        for k in ("rate_on_per_s", "mean_on_s", "mean_off_s"):
-            if k not in w:
-                raise ScenarioError(f"[workload] arrival = 'onoff' needs {k}")
-        wl.rate_on_per_s = _num(w, "rate_on_per_s", "workload", lo=0.0, strict=True)
-        wl.mean_on_s = _num(w, "mean_on_s", "workload", lo=0.0, strict=True)
-        wl.mean_off_s = _num(w, "mean_off_s", "workload", lo=0.0, strict=True)
-    if wl.arrival == "closed":
-        wl.clients = _num(w, "clients", "workload", 1, lo=1, integer=True)
-        wl.think_s = _num(w, "think_s", "workload", 0.0)
-    if wl.arrival in ("poisson", "deterministic") and "rate_per_s" not in w:
-        raise ScenarioError(f"[workload] arrival = '{wl.arrival}' needs rate_per_s (requests per second)")
-    sc.workload = wl
-
-    dv = _check_keys(data.get("devices", {}), _DEVICES, "devices")
-    if "profile" in dv:
-        ppath = Path(dv["profile"])
-        sc.profile = load_device_profile(ppath if ppath.is_absolute() else base / ppath)
-    sc.profile_use = str(dv.get("use", "auto"))
-    if sc.profile_use not in ("auto", "seconds", "flops"):
-        raise ScenarioError(f"[devices] use must be 'auto', 'seconds' or 'flops', got {sc.profile_use!r}")
-    sc.device_default = _device_spec({k: v for k, v in dv.items() if k in _DEVICE}, "devices")
-    sc.device_default.speed = _resolve_paths(sc.device_default.speed, base)
-    sc.device_nodes.update(
-        _overrides(dv.get("nodes", []), "devices.nodes", "node", "<1-based node number>", _DEVICE, _device_spec,
-                   "speed", base)
-    )  # fmt: skip
-
-    net = _check_keys(data.get("network", {}), _NETWORK, "network")
-    sc.return_mode = str(net.get("return", "chain"))
-    if sc.return_mode not in ("chain", "direct"):
-        raise ScenarioError(f"[network] return must be 'chain' (back along the chain) or 'direct', got "
-                            f"{sc.return_mode!r}")  # fmt: skip
-    sc.uplink = _link_spec(_check_keys(net.get("uplink", {}), _LINK, "network.uplink"), "network.uplink")
-    sc.uplink.bandwidth = _resolve_paths(sc.uplink.bandwidth, base)
-    sc.hop_default = _link_spec(_check_keys(net.get("hops", {}), _LINK, "network.hops"), "network.hops")
-    sc.hop_default.bandwidth = _resolve_paths(sc.hop_default.bandwidth, base)
-    sc.hop_overrides.update(
-        _overrides(net.get("hop", []), "network.hop", "hop", "<k> (the link between node k and node k+1)", _LINK,
-                   _link_spec, "bandwidth", base)
-    )  # fmt: skip
-    # fail early on unreadable speed/bandwidth files
-    for spec in [sc.device_default.speed, *[o.get("speed") for o in sc.device_nodes.values()]]:
-        if isinstance(spec, dict):
-            try:
-                speed_profile_from_spec(spec)
-            except ValueError as e:
-                raise ScenarioError(f"[devices] speed: {e}") from e
-    for spec in [sc.uplink.bandwidth, sc.hop_default.bandwidth, *[o.get("bandwidth") for o in
-                                                                    sc.hop_overrides.values()]]:  # fmt: skip
-        if spec is not None:
-            try:
-                bandwidth_from_spec(spec)
-            except ValueError as e:
-                raise ScenarioError(f"[network] bandwidth: {e}") from e
+    sc.name = f.name if f.name is not None else "scenario"
+    sc.seed = f.seed
+    sc.engine = f.engine
+    sc.workload = f.workload
+    dv = f.devices
+    if dv.profile is not None:
+        ppath = Path(dv.profile)
+        try:
+            sc.profile = load_device_profile(ppath if ppath.is_absolute() else base / ppath)
+        except ProfileError as e:
+            raise ProfileError(f"{source}: [devices] 'profile' = {dv.profile!r}: {e}") from None
+    sc.profile_use = dv.use
+    sc.device_default = dv.defaults()
+    sc.device_nodes = {over.node - 1: _device_overrides(over) for over in dv.nodes}
+    net = f.network
+    sc.return_mode = net.return_
+    sc.uplink = _merge_link(LinkSpec(), net.uplink.overrides())
+    sc.hop_default = _merge_link(LinkSpec(), net.hops.overrides())
+    sc.hop_overrides = {h.hop - 1: h.overrides() for h in net.hop}
     return sc
 
 
 def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"no scenario file at {path}; see examples/scenarios/ for templates")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"scenario {path} is not valid TOML: {e}") from e
-    sc = parse_scenario(data, base_dir=path.parent)
+    data = read_toml(path, error=ScenarioError, what="scenario file", hint="see examples/scenarios/ for templates")
+    sc = parse_scenario(data, base_dir=path.parent, source=str(path))
     if "name" not in data:
         sc.name = path.stem
     return sc
-
-
-# ---------------------------------------------------------------------------- device profiles
-def load_device_profile(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"no device profile at {path}; create one with `distree profile-device`")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ScenarioError(f"device profile {path} is not valid JSON: {e}") from e
-    if d.get("format") != PROFILE_FORMAT:
-        raise ScenarioError(f"{path} is not a device profile (format {d.get('format')!r}, want {PROFILE_FORMAT!r})")
-    for k in ("node_s", "flops_per_s", "segment_flops", "exit_flops"):
-        if k not in d:
-            raise ScenarioError(f"device profile {path} lacks {k!r}; re-create it with `distree profile-device`")
-    d["_path"] = str(path)
-    return d
 
 
 # ---------------------------------------------------------------------------- resolved cluster
@@ -488,7 +470,7 @@ def build_cluster(sc: Scenario, cost: CostProfile, *, speed_intensity: float | N
     nodes: list[NodeModel] = []
     for i in range(n):
         over = sc.device_nodes.get(i, {})
-        d = _device_spec(over, f"devices.nodes #{i + 1}", sc.device_default) if over else sc.device_default
+        d = _merge_device(sc.device_default, over) if over else sc.device_default
         if d.seconds is not None:
             comp = d.seconds
         elif d.flops_per_s is not None:
@@ -524,7 +506,7 @@ def build_cluster(sc: Scenario, cost: CostProfile, *, speed_intensity: float | N
     hops: list[LinkModel] = []
     for k in range(n - 1):
         over = sc.hop_overrides.get(k, {})
-        ls = _link_spec(over, f"network.hop #{k + 1}", sc.hop_default) if over else sc.hop_default
+        ls = _merge_link(sc.hop_default, over) if over else sc.hop_default
         hops.append(LinkModel(bandwidth_from_spec(ls.bandwidth), ls.delay_s))
     up = LinkModel(bandwidth_from_spec(sc.uplink.bandwidth), sc.uplink.delay_s)
     return Cluster(nodes, up, hops, cost, sc.return_mode, source)

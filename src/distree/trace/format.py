@@ -8,9 +8,10 @@ safetensors file (``*.trace.safetensors`` by convention) holding
 - ``labels``: int64 (n,);
 - ``sample_index``: int64 (n,) — position of each sample in its split;
 
-and, in the safetensors header metadata under key ``distree``, a JSON document with
-``format`` (``distree-trace/1``), ``cost_profile``, ``classes``, ``split``, ``dataset``, ``checkpoint``,
-``model`` and ``num_nodes``. :func:`load_trace` validates shapes and returns a :class:`Trace`.
+and, in the safetensors header metadata under key ``distree``, a JSON document (:class:`TraceHeader`)
+with ``format`` (``distree-trace/1``), ``format_version``, ``cost_profile``, ``num_nodes``, ``classes``,
+``split``, ``dataset``, ``checkpoint``, ``model``, ``seed`` and ``meta`` (any other entries of
+:attr:`Trace.meta`). :func:`load_trace` validates the header and the shapes and returns a :class:`Trace`.
 """
 
 from __future__ import annotations
@@ -19,17 +20,45 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from ..models.cost import CostProfile
+from .._schema import FORMAT_VERSION, FormatVersion, Schema, one_line, validate
+from ..errors import TraceError
+from ..models.cost import CostProfile, CostProfileTable
 
 FORMAT = "distree-trace/1"
+_FIX = "record the trace again with `distree trace`"
 
 
-class TraceError(RuntimeError):
-    """A trace file is missing, corrupt or inconsistent."""
+class TraceHeader(Schema):
+    """The JSON header of a trace file."""
+
+    format: Literal["distree-trace/1"] = Field(description="a trace header says it is one")
+    format_version: FormatVersion = 1
+    num_nodes: int = Field(ge=1, description="the number of exits")
+    cost_profile: CostProfileTable
+    classes: list[str] | None = None
+    dataset: str | None = None
+    split: str | None = None
+    checkpoint: str | None = None
+    model: str | None = None
+    seed: int | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)  # any other entries of Trace.meta
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TraceHeader:
+        if len(self.cost_profile.segment_flops) != self.num_nodes:
+            raise ValueError(
+                f"'cost_profile' has {len(self.cost_profile.segment_flops)} segments but num_nodes is {self.num_nodes}"
+            )
+        return self
+
+
+#: Trace.meta entries that are header keys of their own; the others travel in the header's ``meta`` table.
+_META_KEYS = ("classes", "dataset", "split", "checkpoint", "model", "seed")
 
 
 @dataclass
@@ -112,7 +141,22 @@ class Trace:
         }
         for i, f in enumerate(self.features):
             tensors[f"features.{i}"] = np.ascontiguousarray(f, dtype=np.float32)
-        header = {**self.meta, "format": FORMAT, "cost_profile": self.cost.to_dict(), "num_nodes": self.num_nodes}
+        own = {k: self.meta[k] for k in _META_KEYS if self.meta.get(k) is not None}
+        skip = {*_META_KEYS, "format", "format_version", "num_nodes", "cost_profile", "meta"}
+        other = {k: v for k, v in self.meta.items() if k not in skip}
+        header = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "num_nodes": self.num_nodes,
+            "cost_profile": self.cost.to_dict(),
+            **own,
+            **({"meta": other} if other else {}),
+        }
+        try:
+            header = json.loads(json.dumps(header, default=_jsonable))
+        except (TypeError, ValueError) as e:
+            raise TraceError(f"{path}: {one_line(e)}") from None
+        validate(TraceHeader, header, source=str(path), error=TraceError)  # what is written must read back
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"distree": json.dumps(header)})
         tmp.replace(path)
@@ -132,19 +176,39 @@ def load_trace(path: str | Path) -> Trace:
             keys = set(f.keys())
             arrays = {k: f.get_tensor(k) for k in keys}
     except Exception as e:  # noqa: BLE001
-        raise TraceError(f"trace file {path} is corrupt or not a safetensors file: {e}") from e
-    if header.get("format") != FORMAT:
-        raise TraceError(f"{path} is not a distree trace (format {header.get('format')!r}, want {FORMAT!r})")
-    n_nodes = int(header["num_nodes"])
+        raise TraceError(f"trace file {path} is corrupt or not a safetensors file: {one_line(e)}") from e
+    if not isinstance(header, dict):
+        raise TraceError(f"{path}: the trace header must be a JSON object; {_FIX}")
+    h = validate(TraceHeader, header, source=f"{path} (header)", error=TraceError, missing_fix=_FIX)
+    meta: dict[str, Any] = {
+        "format": h.format,
+        "format_version": h.format_version,
+        "num_nodes": h.num_nodes,
+        **{k: getattr(h, k) for k in _META_KEYS if getattr(h, k) is not None},
+        **h.meta,
+    }
+    missing = [k for k in ("logits", "labels", *(f"features.{i}" for i in range(h.num_nodes))) if k not in arrays]
+    if missing:
+        raise TraceError(f"trace file {path} lacks tensor {missing[0]!r}; {_FIX}")
     try:
-        features = [arrays[f"features.{i}"] for i in range(n_nodes)]
         return Trace(
             logits=arrays["logits"],
-            features=features,
+            features=[arrays[f"features.{i}"] for i in range(h.num_nodes)],
             labels=arrays["labels"],
-            cost=CostProfile.from_dict(header.pop("cost_profile")),
-            meta=header,
+            cost=h.cost_profile.build(),
+            meta=meta,
             sample_index=arrays.get("sample_index"),
         )
-    except KeyError as e:
-        raise TraceError(f"trace file {path} lacks tensor {e}") from e
+    except TraceError as e:
+        raise TraceError(f"trace file {path}: {one_line(e)}; {_FIX}") from None
+
+
+def _jsonable(v: Any) -> Any:
+    """numpy scalars and arrays in Trace.meta, as JSON."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"Trace.meta value {v!r} ({type(v).__name__}) cannot be written to the trace header")

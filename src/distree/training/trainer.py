@@ -22,7 +22,7 @@ from torch import nn
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import ImageDataset, iterate_batches, load_split
 from ..models import MultiExitNetwork, create_model
-from .config import TrainConfig
+from .config import CONFIG_FILE, TrainConfig
 from .losses import distree_loss
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def train(
     out = Path(out_dir) if out_dir else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        cfg.save(out / CONFIG_FILE)
         state_path = out / "train_state.pt"
         if resume and state_path.is_file():
             st = torch.load(state_path, map_location=device, weights_only=False)
