@@ -35,6 +35,8 @@ def _matches(printed: list[str], values: list[float], what: str) -> None:
         assert abs(float(p) - v) <= 0.5 * 10.0**-digits + 1e-9, (what, p, v)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # trains, traces, calibrates, evaluates and simulates in six processes
 def test_demo_runs_the_pipeline_and_prints_what_it_wrote(tmp_path):
     """`make demo`'s job, shortened: train → trace → calibrate → evaluate → simulate; printed figures match files."""
     out = tmp_path / "demo"
@@ -42,7 +44,7 @@ def test_demo_runs_the_pipeline_and_prints_what_it_wrote(tmp_path):
         [sys.executable, "-m", "distree", "demo", "--out", str(out), "--epochs", "2", "--no-serve"],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=840,
         env={**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"},  # wide enough that no table wraps
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
