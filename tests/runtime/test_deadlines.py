@@ -10,7 +10,7 @@ import pytest
 from _rt import write_spec
 
 from distree.runtime import load_spec
-from distree.runtime.node import NodeCore
+from distree.runtime.core import NodeCore
 
 pytestmark = pytest.mark.xdist_group("runtime-speed")
 
