@@ -206,7 +206,7 @@ class NodeCore:
             if extra > 0:
                 await self.clock.sleep(extra)
         inp = ExitInputs(node=self.k - 1, logits=logits, features=feats, state=batch.state)
-        if not self.is_last:  # inf deadlines give inf time left: the QoS rule never fires for them
+        if not self.is_last and np.isfinite(batch.deadline).any():  # no deadline, no QoS rule
             inp.remaining_s = batch.deadline - self.margin - self.clock.monotonic()
             inp.continue_s = self.est_continue()
         dec = self.policy.decide(inp)
