@@ -8,6 +8,7 @@ which rows are confident from the rows themselves, so which rows exit is known i
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,5 +119,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-async def submit(core: NodeCore, ids: list[str], x: np.ndarray, deadline: Any = np.inf, state: Any = None) -> Any:
-    return await core.submit(ids, x, state or {}, np.broadcast_to(np.asarray(deadline, np.float64), (len(ids),)).copy())
+async def submit(
+    core: NodeCore, ids: list[str], x: np.ndarray, deadline: float | list[float] = math.inf, state: Any = None
+) -> Any:
+    """Submit rows with one deadline each (a list) or the same for all (a float)."""
+    dl = list(deadline) if isinstance(deadline, list) else [float(deadline)] * len(ids)
+    return await core.submit(ids, x, state or {}, dl)

@@ -4,6 +4,7 @@ direct path without batching, and the load-aware window. A recording ``process``
 from __future__ import annotations
 
 import asyncio
+import math
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from distree.runtime.protos import node_pb2
 def _chunk(name: str, n: int, t_in: float = 0.0, **state: np.ndarray) -> Chunk:
     fut = asyncio.get_running_loop().create_future()
     x = np.arange(n, dtype=np.float32)[:, None] + 10 * (ord(name[0]) - ord("a"))
-    return Chunk([f"{name}{i}" for i in range(n)], x, dict(state), np.full(n, np.inf), fut, t_in)
+    return Chunk([f"{name}{i}" for i in range(n)], x, dict(state), [math.inf] * n, fut, t_in)
 
 
 class Recorder:

@@ -4,6 +4,7 @@ the link's estimates, emulated device speed. No sockets; time is a manual clock.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import grpc
 import numpy as np
@@ -71,8 +72,8 @@ def test_forwarded_rows_carry_their_own_policy_state(unit: Unit):
         await core.start()
         try:
             return await asyncio.gather(
-                core.submit(["p0", "p1"], rows(shape, [0, 0], [1, 2]), s1, np.full(2, np.inf)),
-                core.submit(["q0"], rows(shape, [0], [3]), s2, np.full(1, np.inf)),
+                core.submit(["p0", "p1"], rows(shape, [0, 0], [1, 2]), s1, [math.inf] * 2),
+                core.submit(["q0"], rows(shape, [0], [3]), s2, [math.inf] * 1),
             )
         finally:
             await core.close()
@@ -265,7 +266,7 @@ def test_forward_request_carries_wall_clock_deadlines(unit: Unit):
     clock = ManualClock(start=50.0, wall_offset=1_000_000.0)
     core = unit.core(2, clock=clock)
     x = rows(unit.in_shape(2), [0, 0], [1, 2])
-    run(submit(core, ["w0", "w1"], x, [clock.now + 0.2, np.inf]))
+    run(submit(core, ["w0", "w1"], x, [clock.now + 0.2, math.inf]))
     req, timeout = core.link.successor.calls[0]
     back = 0.005 + 0.5 * 0.001  # margin + half the prior hop estimate
     assert list(req.deadline_unix_s) == [pytest.approx(1_000_050.0 + 0.2 - back), 0.0]

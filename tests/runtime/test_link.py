@@ -4,6 +4,7 @@ in-process fake successor and a manual clock."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import grpc
 import numpy as np
@@ -19,25 +20,23 @@ NOW, WALL = 100.0, 1.7e9
 
 
 def test_successor_deadline_is_the_row_deadline_minus_the_way_back():
-    timeout, dl = successor_deadlines(
-        np.array([NOW + 0.1, NOW + 0.2]), now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30
-    )
+    timeout, dl = successor_deadlines([NOW + 0.1, NOW + 0.2], now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30)
     assert timeout == pytest.approx(0.19)  # the latest row's
     assert dl == [pytest.approx(WALL + 0.09), pytest.approx(WALL + 0.19)]
 
 
 def test_timeout_is_capped_and_rows_without_deadline_stay_without():
-    timeout, dl = successor_deadlines(np.array([NOW + 100.0]), now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30)
+    timeout, dl = successor_deadlines([NOW + 100.0], now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30)
     assert timeout == 30 and dl == [pytest.approx(WALL + 99.99)]
-    timeout, dl = successor_deadlines(np.full(2, np.inf), now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30)
+    timeout, dl = successor_deadlines([math.inf] * 2, now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30)
     assert timeout == 30 and dl == [0.0, 0.0]
     # one row without a deadline: the call may take up to the cap, the other row keeps its deadline
-    timeout, dl = successor_deadlines(np.array([NOW + 0.1, np.inf]), now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30)
+    timeout, dl = successor_deadlines([NOW + 0.1, math.inf], now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30)
     assert timeout == 30 and dl == [pytest.approx(WALL + 0.09), 0.0]
 
 
 def test_a_past_deadline_leaves_no_time():
-    timeout, _ = successor_deadlines(np.array([NOW + 0.005]), now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30)
+    timeout, _ = successor_deadlines([NOW + 0.005], now=NOW, wall=WALL, back_s=0.01, max_timeout_s=30)
     assert timeout == pytest.approx(-0.005)
 
 
@@ -62,7 +61,7 @@ def test_forward_sends_ids_features_state_and_deadlines():
     state = {"run": np.array([1, 2], np.int32)}
 
     async def go():
-        return await link.forward(["x", "y"], h, state, np.array([NOW + 1.0, NOW + 0.5]))
+        return await link.forward(["x", "y"], h, state, [NOW + 1.0, NOW + 0.5])
 
     fwd = asyncio.run(go())
     req, timeout = link.successor.calls[0]
@@ -79,7 +78,7 @@ def test_forward_sends_ids_features_state_and_deadlines():
 def test_no_call_without_time_for_the_hop():
     clock = ManualClock()
     link = FakeLink(clock=clock)
-    fwd = asyncio.run(link.forward(["x"], np.zeros((1, 2), np.float32), {}, np.array([clock.now + 0.001])))
+    fwd = asyncio.run(link.forward(["x"], np.zeros((1, 2), np.float32), {}, [clock.now + 0.001]))
     assert fwd.reason == "deadline" and fwd.answers == {} and link.successor.calls == [] and link.forwards == 0
 
 
@@ -88,7 +87,7 @@ def test_a_slow_successor_times_out_after_the_rows_deadline():
     link = FakeLink(clock=clock, margin_s=0.0)
     link.successor.delay_s = 0.3
     t = clock.now
-    fwd = asyncio.run(link.forward(["x"], np.zeros((1, 2), np.float32), {}, np.array([t + 0.2])))
+    fwd = asyncio.run(link.forward(["x"], np.zeros((1, 2), np.float32), {}, [t + 0.2]))
     assert fwd.reason == "successor-timeout" and fwd.answers == {}
     assert fwd.rtt_s == pytest.approx(0.2 - 0.0005) and clock.now - t == pytest.approx(0.2 - 0.0005)
     assert link.up  # slow is not down
@@ -100,7 +99,7 @@ def test_unavailable_marks_down_and_the_probe_brings_it_back():
     link.successor.down = True
 
     async def go():
-        fwd = await link.forward(["x"], np.zeros((1, 2), np.float32), {}, np.array([np.inf]))
+        fwd = await link.forward(["x"], np.zeros((1, 2), np.float32), {}, [math.inf])
         assert fwd.reason == "successor-unavailable" and not link.up
         assert link.metrics.registry.get_sample_value("distree_successor_up", {"node": "1"}) == 0
         for _ in range(20):  # down: the probe keeps failing
@@ -144,8 +143,8 @@ def test_a_chain_link_works_over_any_transport():
     link = ChainLink(Recorder(), from_node=2, clock=ManualClock())
 
     async def go():
-        ok = await link.forward(["a"], np.zeros((1, 1), np.float32), {}, np.array([np.inf]))
-        bad = await link.forward(["boom"], np.zeros((1, 1), np.float32), {}, np.array([np.inf]))
+        ok = await link.forward(["a"], np.zeros((1, 1), np.float32), {}, [math.inf])
+        bad = await link.forward(["boom"], np.zeros((1, 1), np.float32), {}, [math.inf])
         return ok, bad
 
     ok, bad = asyncio.run(go())

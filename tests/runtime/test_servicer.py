@@ -4,6 +4,7 @@ the response's timings. No sockets: the servicer is called with a stand-in for t
 from __future__ import annotations
 
 import asyncio
+import math
 
 import grpc
 import numpy as np
@@ -43,8 +44,8 @@ def test_arrival_deadlines():
     np.testing.assert_allclose(d, [NOW + 0.5, np.inf, NOW - 1.0])
     d = arrival_deadlines([WALL + 0.5, 0.0], 0.2, rows=2, now=NOW, wall=WALL)  # the call's deadline is earlier
     np.testing.assert_allclose(d, [NOW + 0.2, NOW + 0.2])
-    d = arrival_deadlines([], None, rows=2, now=NOW, wall=WALL)
-    assert np.isinf(d).all() and d.shape == (2,)
+    assert arrival_deadlines([], None, rows=2, now=NOW, wall=WALL) == [math.inf, math.inf]
+    assert arrival_deadlines([], 0.3, rows=2, now=NOW, wall=WALL) == [NOW + 0.3, NOW + 0.3]
 
 
 def _request(x: np.ndarray, ids: list[str], deadlines: list[float]) -> node_pb2.ForwardRequest:

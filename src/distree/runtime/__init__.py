@@ -3,8 +3,8 @@
 The package owns serving a checkpoint on a chain of nodes: the node (batching, compute, exit
 decisions, forwarding with deadlines and degradation), its gRPC services, the cluster spec, TLS,
 local clusters and a client. It may import :mod:`distree.models`, :mod:`distree.policies`,
-:mod:`distree.trace`, :mod:`distree.checkpoint` and :mod:`distree.fluctuation`; never
-:mod:`distree.training`.
+:mod:`distree.trace`, :mod:`distree.checkpoint` and :mod:`distree.fluctuation` (besides the
+package's version and private helpers); never :mod:`distree.training`.
 
 One node, by job:
 

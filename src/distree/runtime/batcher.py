@@ -24,6 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class Chunk:
     ids: list[str]
     x: np.ndarray  # (b, ...) float32
     state: dict[str, np.ndarray]
-    deadline: np.ndarray  # (b,) monotonic seconds by which this node must answer; inf = none
+    deadline: list[float]  # per row: monotonic seconds by which this node must answer; inf = none
     fut: asyncio.Future
     t_in: float  # monotonic arrival time
     answers: list[node_pb2.Answer | None] = field(default_factory=list)
@@ -72,23 +73,23 @@ class Batch:
     ids: list[str]
     x: np.ndarray
     state: dict[str, np.ndarray]  # concatenated when every chunk carries the same keys, else empty
-    deadline: np.ndarray
+    deadline: list[float]
     rows: list[tuple[Chunk, int]]  # row j of the batch is row rows[j][1] of chunk rows[j][0]
     t_start: float  # when the batch was taken from the queue (monotonic)
 
     @classmethod
     def of(cls, chunks: list[Chunk], t_start: float) -> Batch:
-        keys = set().union(*(c.state.keys() for c in chunks))
+        ids: list[str] = []
+        deadline: list[float] = []
+        rows: list[tuple[Chunk, int]] = []
+        for c in chunks:
+            ids += c.ids
+            deadline += c.deadline
+            rows += zip(repeat(c), range(len(c.ids)))
+        keys = chunks[0].state.keys()
         same = all(c.state.keys() == keys for c in chunks)
-        return cls(
-            chunks=chunks,
-            ids=[i for c in chunks for i in c.ids],
-            x=_cat([c.x for c in chunks]),
-            state={k: _cat([c.state[k] for c in chunks]) for k in keys} if same else {},
-            deadline=_cat([c.deadline for c in chunks]),
-            rows=[(c, i) for c in chunks for i in range(len(c.ids))],
-            t_start=t_start,
-        )
+        state = {k: _cat([c.state[k] for c in chunks]) for k in keys} if same else {}
+        return cls(chunks, ids, _cat([c.x for c in chunks]), state, deadline, rows, t_start)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -170,7 +170,7 @@ class NodeCore:
         p = self._id_prefix
         return [f"{p}{base + i}" for i in range(n)]
 
-    async def submit(self, ids: list[str], x: np.ndarray, state: dict[str, np.ndarray], deadline: np.ndarray) -> Chunk:
+    async def submit(self, ids: list[str], x: np.ndarray, state: dict[str, np.ndarray], deadline: list[float]) -> Chunk:
         """Answer rows ``x`` (ids, policy state, per-row monotonic deadlines, inf = none) and return their
         chunk once every row has an answer (``chunk.answers``, in row order)."""
         n = len(ids)
@@ -183,9 +183,9 @@ class NodeCore:
             await self.batcher.submit(chunk)
         finally:
             m.inflight.dec(n)
-        late = int((deadline < self.clock.monotonic()).sum())
-        if late:
-            m.deadline_misses.inc(late)
+        now = self.clock.monotonic()
+        if min(deadline) < now:
+            m.deadline_misses.inc(sum(d < now for d in deadline))
         return chunk
 
     # ------------------------------------------------------------------ one batch
@@ -206,8 +206,8 @@ class NodeCore:
             if extra > 0:
                 await self.clock.sleep(extra)
         inp = ExitInputs(node=self.k - 1, logits=logits, features=feats, state=batch.state)
-        if not self.is_last and np.isfinite(batch.deadline).any():  # no deadline, no QoS rule
-            inp.remaining_s = batch.deadline - self.margin - self.clock.monotonic()
+        if not self.is_last and min(batch.deadline) < math.inf:  # no deadline, no QoS rule
+            inp.remaining_s = np.asarray(batch.deadline) - (self.margin + self.clock.monotonic())
             inp.continue_s = self.est_continue()
         dec = self.policy.decide(inp)
         exits = np.asarray(dec.exit, dtype=bool).tolist()
@@ -241,9 +241,13 @@ class NodeCore:
             go = list(range(nb))
         if not go:
             return None
-        sel: Any = slice(None) if len(go) == nb else np.asarray(go)  # a view when every row goes on
-        state = {key: v[sel] for key, v in dec.state.items()} if dec.state else {}
-        return self._forward(batch, go, h[sel], state, batch.deadline[sel], logits[sel], scores[sel])
+        state, deadline = dec.state or {}, batch.deadline
+        if len(go) < nb:  # the rows that go on (no copies when all do)
+            gi = np.asarray(go)
+            h, logits, scores = h[gi], logits[gi], scores[gi]
+            state = {key: v[gi] for key, v in state.items()}
+            deadline = [deadline[j] for j in go]
+        return self._forward(batch, go, h, state, deadline, logits, scores)
 
     async def _forward(
         self,
@@ -251,7 +255,7 @@ class NodeCore:
         go: list[int],
         h: np.ndarray,
         state: dict[str, np.ndarray],
-        deadline: np.ndarray,
+        deadline: list[float],
         logits: np.ndarray,
         scores: np.ndarray,
     ) -> None:
@@ -274,17 +278,12 @@ class NodeCore:
         """This node's answer for a row; ``reason`` (one of ``REASONS``) marks it degraded."""
         self.counts["exits_here"] += 1
         self.metrics.exits_here.inc()
+        a = node_pb2.Answer(request_id=rid, exit_node=self.k, probs=probs, score=score if math.isfinite(score) else 0.0)
         if reason:
+            a.degraded, a.reason = True, reason
             self.degraded_counts[reason] += 1
             self.metrics.degraded.labels(node=self.metrics.node, reason=reason).inc()
-        return node_pb2.Answer(
-            request_id=rid,
-            exit_node=self.k,
-            degraded=bool(reason),
-            reason=reason,
-            probs=probs,
-            score=score if math.isfinite(score) else 0.0,
-        )
+        return a
 
     # ------------------------------------------------------------------ info
     def info(self) -> node_pb2.InfoResponse:

@@ -231,7 +231,7 @@ class KServeServicer:
         tr = context.time_remaining()
         if tr is not None:
             dl = min(dl, now + tr - core.margin)
-        chunk = await core.submit(core.next_ids(b), x, {}, np.full(b, dl))
+        chunk = await core.submit(core.next_ids(b), x, {}, [dl] * b)
         answers = chunk.answers
         resp = pb.ModelInferResponse(model_name=self.name, model_version="1", id=request.id)
         exit_nodes = [a.exit_node for a in answers]

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import numpy as np
@@ -33,6 +34,9 @@ from .metrics import NodeMetrics
 from .protos import node_pb2, node_pb2_grpc
 from .tensors import to_proto
 from .tls import ClientTLS
+
+if TYPE_CHECKING:
+    from .spec import ClusterSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ def make_aio_channel(address: str, tls: ClientTLS | None, max_message_bytes: int
 
 
 def successor_deadlines(
-    deadline: np.ndarray, *, now: float, wall: float, back_s: float, max_timeout_s: float
+    deadline: list[float], *, now: float, wall: float, back_s: float, max_timeout_s: float
 ) -> tuple[float, list[float]]:
     """The call's timeout and each row's deadline for the successor (wall-clock seconds, 0 = none).
 
@@ -68,13 +72,14 @@ def successor_deadlines(
     moment) by which this node must answer each row, ``inf`` for none. The timeout is the latest
     successor deadline minus ``now``, capped at ``max_timeout_s``; uncapped when a row has no
     deadline. A timeout <= 0 means there is no time for the hop.
+
+    Python floats, not numpy: for the few rows of a forward, numpy's per-call overhead is 5-10x the
+    arithmetic (measured 64 vs 5 us for one row on the loaded 2-CPU development machine).
     """
-    respond_by = deadline - back_s
-    finite = np.isfinite(respond_by)
-    timeout = max_timeout_s
-    if finite.all():
-        timeout = min(timeout, float(respond_by.max()) - now)
-    return timeout, np.where(finite, wall + (respond_by - now), 0.0).tolist()
+    latest = max(deadline)
+    timeout = max_timeout_s if latest == math.inf else min(max_timeout_s, latest - back_s - now)
+    to_wall = wall - now - back_s
+    return timeout, [d + to_wall if d != math.inf else 0.0 for d in deadline]
 
 
 def failure_reason(code: grpc.StatusCode) -> str:
@@ -141,7 +146,7 @@ class Link(Protocol):
     def continue_s(self) -> float: ...
     async def start(self) -> None: ...
     async def forward(
-        self, ids: list[str], h: np.ndarray, state: dict[str, np.ndarray], deadline: np.ndarray
+        self, ids: list[str], h: np.ndarray, state: dict[str, np.ndarray], deadline: list[float]
     ) -> Forwarded: ...
     async def close(self) -> None: ...
 
@@ -203,7 +208,7 @@ class ChainLink:
         self.metrics.successor_up.set(1)
 
     @classmethod
-    def to_successor(cls, spec: Any, k: int, *, metrics: NodeMetrics, clock: Clock = SYSTEM_CLOCK) -> ChainLink:
+    def to_successor(cls, spec: ClusterSpec, k: int, *, metrics: NodeMetrics, clock: Clock = SYSTEM_CLOCK) -> ChainLink:
         """The gRPC link from node ``k`` of a cluster spec to node ``k + 1``."""
         from .tls import node_client_tls
 
@@ -238,7 +243,7 @@ class ChainLink:
         t.add_done_callback(self._tasks.discard)
 
     async def forward(
-        self, ids: list[str], h: np.ndarray, state: dict[str, np.ndarray], deadline: np.ndarray
+        self, ids: list[str], h: np.ndarray, state: dict[str, np.ndarray], deadline: list[float]
     ) -> Forwarded:
         """Send rows (features ``h``, policy state, per-row monotonic deadlines) to the successor."""
         clock = self.clock

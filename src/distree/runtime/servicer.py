@@ -9,6 +9,7 @@ Open Inference Protocol on node 1 is :mod:`distree.runtime.kserve`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import grpc
@@ -22,18 +23,15 @@ from .tensors import BadTensor, check_finite, from_proto
 
 def arrival_deadlines(
     deadline_unix_s: Sequence[float], time_remaining: float | None, *, rows: int, now: float, wall: float
-) -> np.ndarray:
+) -> list[float]:
     """Monotonic deadlines (``now``'s clock) of ``rows`` rows that arrived with wall-clock deadlines
     (0 = none; empty = none for every row) on a call with ``time_remaining`` seconds (None = no gRPC
     deadline); the earlier of the two wins, ``inf`` where there is neither. A skewed wall clock only
-    ever makes a deadline earlier than the call's own."""
-    d = np.full(rows, np.inf)
-    if len(deadline_unix_s):
-        a = np.asarray(deadline_unix_s, dtype=np.float64)
-        d = np.where(a > 0, now + (a - wall), np.inf)
-    if time_remaining is not None:
-        d = np.minimum(d, now + time_remaining)
-    return d
+    ever makes a deadline earlier than the call's own. (Python floats: see ``successor_deadlines``.)"""
+    cap = math.inf if time_remaining is None else now + time_remaining
+    if not len(deadline_unix_s):
+        return [cap] * rows
+    return [min(now + (a - wall), cap) if a > 0 else cap for a in deadline_unix_s]
 
 
 class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
