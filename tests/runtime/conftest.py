@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _rt import Artifacts, write_spec
+from _unit import Unit, make_unit
 
 from distree.data import load_split
 from distree.policies import create_policy
@@ -51,6 +52,12 @@ def rt(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Artif
     last = create_policy("last-exit", 4).save(root / "last-exit.json")
     ds = load_split("synthetic", "test")
     return Artifacts(root, tiny_checkpoint, tr, policy, last, ds.images.numpy(), ds.labels.numpy())
+
+
+@pytest.fixture(scope="session")
+def unit(tmp_path_factory: pytest.TempPathFactory) -> Unit:
+    """An untrained small-cnn checkpoint and a confidence policy for node cores with fake successors."""
+    return make_unit(tmp_path_factory.mktemp("unit"))
 
 
 def _distree(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:

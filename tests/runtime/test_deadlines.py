@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from _rt import write_spec
 
 from distree.runtime import load_spec
-from distree.runtime.node import NodeCore
+from distree.runtime.core import NodeCore
 
 pytestmark = pytest.mark.xdist_group("runtime-speed")
 
@@ -32,7 +33,7 @@ def test_compute_estimate_follows_the_speed_profile(rt, tmp_path):
         try:
             for i in range(100_000):
                 elapsed = time.monotonic() - core.t0
-                await core.submit([f"r{i}"], x, {}, np.full(1, np.inf))
+                await core.submit([f"r{i}"], x, {}, [math.inf] * 1)
                 if 0.1 < elapsed < 0.5:
                     fast.append(core.est_compute.value)
                 elif elapsed > 1.0:
@@ -64,7 +65,7 @@ def test_nominal_compute_emulates_a_profiled_device(rt, tmp_path, speed, expecte
         try:
             for i in range(6):
                 t = time.monotonic()
-                await core.submit([f"n{i}"], x, {}, np.full(1, np.inf))
+                await core.submit([f"n{i}"], x, {}, [math.inf] * 1)
                 took.append(time.monotonic() - t)
         finally:
             await core.close()

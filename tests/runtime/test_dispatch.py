@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
 from _rt import write_spec
 
 from distree.runtime import load_spec
-from distree.runtime.node import NodeCore
+from distree.runtime.core import NodeCore
 
 
 def _rows(rt, n: int) -> np.ndarray:
@@ -26,14 +27,12 @@ def test_lone_request_is_not_delayed_by_the_batching_window(rt):
         try:
             t = time.monotonic()
             for i in range(3):
-                c = await core.submit([f"lone{i}"], _rows(rt, 1), {}, np.full(1, np.inf), has_deadline=False)
+                c = await core.submit([f"lone{i}"], _rows(rt, 1), {}, [math.inf] * 1)
                 assert c.answers[0].exit_node == 4
             lone = (time.monotonic() - t) / 3
             # rows submitted together (one event-loop turn) go into one batch, with no wait either
             before = dict(core.counts)
-            outs = await asyncio.gather(
-                *(core.submit([f"c{i}"], _rows(rt, 1), {}, np.full(1, np.inf)) for i in range(5))
-            )
+            outs = await asyncio.gather(*(core.submit([f"c{i}"], _rows(rt, 1), {}, [math.inf] * 1) for i in range(5)))
             assert all(o.answers[0].exit_node == 4 for o in outs)
             return lone, {k: core.counts[k] - before[k] for k in before}
         finally:
@@ -52,12 +51,10 @@ def test_lone_request_runs_in_its_handler_without_batching(rt):
         await core.start()
         try:
             for i in range(4):
-                c = await core.submit([f"r{i}"], _rows(rt, 2)[:1], {}, np.full(1, np.inf), has_deadline=False)
+                c = await core.submit([f"r{i}"], _rows(rt, 2)[:1], {}, [math.inf] * 1)
                 assert c.answers[0].exit_node == 4 and c.queue_s < 1.0
             # several at once: each is computed, in arrival order, none lost
-            outs = await asyncio.gather(
-                *(core.submit([f"g{i}"], _rows(rt, 1), {}, np.full(1, np.inf)) for i in range(6))
-            )
+            outs = await asyncio.gather(*(core.submit([f"g{i}"], _rows(rt, 1), {}, [math.inf] * 1) for i in range(6)))
             assert [o.ids[0] for o in outs] == [f"g{i}" for i in range(6)]
             assert all(o.answers[0] is not None for o in outs)
             return dict(core.counts)

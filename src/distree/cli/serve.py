@@ -42,7 +42,7 @@ def serve_cmd(
 
     from ..checkpoint import CheckpointError
     from ..runtime import logs
-    from ..runtime.node import run_node
+    from ..runtime.server import run_node
 
     s = _spec(spec)
     guarded(lambda: s.node(node))

@@ -1,11 +1,30 @@
 """The distributed runtime: grpc.aio node processes forming a chain of early-exit segments.
 
-- :mod:`.spec`: the cluster spec (TOML) and its validation;
-- :mod:`.node`: one node (segment + exit + policy, batching, forwarding, deadlines, degradation);
+The package owns serving a checkpoint on a chain of nodes: the node (batching, compute, exit
+decisions, forwarding with deadlines and degradation), its gRPC services, the cluster spec, TLS,
+local clusters and a client. It may import :mod:`distree.models`, :mod:`distree.policies`,
+:mod:`distree.trace`, :mod:`distree.checkpoint` and :mod:`distree.fluctuation` (besides the
+package's version and private helpers); never :mod:`distree.training`.
+
+One node, by job:
+
+- :mod:`.core`: the node core (compute of segment + exit, emulated device speed, the policy's
+  decision per row, answers; ``NodeCore.submit`` is the data-plane entry of every servicer);
+- :mod:`.backend`: what computes a segment + exit (``Backend.run``; torch by default);
+- :mod:`.batcher`: chunks, the queue and dynamic batching;
+- :mod:`.link`: the link to the successor (forwarding, the hop's deadlines, estimates, reconnection,
+  failure reasons) behind the ``Link`` protocol;
+- :mod:`.fake`: an in-process successor (``FakeLink``) for tests without sockets;
+- :mod:`.clock`: injectable time (``Clock``, ``ManualClock``);
+- :mod:`.servicer`: the node-to-node service ``ChainNode`` (``Forward``, ``Info``);
 - :mod:`.kserve`: the Open Inference Protocol (KServe v2) on node 1;
-- :mod:`.client`: a client of node 1 and health/info helpers;
-- :mod:`.cluster`: local subprocess clusters (``distree cluster up/down``);
-- :mod:`.tls`: TLS / mutual TLS credentials and a development CA.
+- :mod:`.server`: the node process (server, health, metrics, signals, drain);
+- :mod:`.estimates`, :mod:`.metrics`, :mod:`.tensors`, :mod:`.logs`: EWMAs, Prometheus metrics,
+  tensors on the wire, JSON logs.
+
+Around the nodes: :mod:`.spec` (the cluster spec, TOML), :mod:`.client` (a client of node 1 and
+health/info helpers), :mod:`.cluster` (local subprocess clusters, ``distree cluster up/down``),
+:mod:`.tls` (TLS / mutual TLS credentials and a development CA).
 
 See docs/runtime.md.
 """

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -34,6 +33,9 @@ import numpy as np
 from .. import __version__
 from .protos import kserve_v2_pb2 as pb
 from .tensors import BadTensor, check_finite
+
+if TYPE_CHECKING:
+    from .core import NodeCore
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ def _int_param(p: Any) -> int:
 class KServeServicer:
     """Handlers for ``inference.GRPCInferenceService``, registered as a generic handler on the server."""
 
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: NodeCore) -> None:
         self.core = core
         self.name = core.spec.model_name
         self._answer_counters: dict[int, Any] = {}
@@ -199,7 +201,8 @@ class KServeServicer:
 
     async def model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
         core = self.core
-        now = time.monotonic()
+        clock = core.clock
+        now = clock.monotonic()
         try:
             x, timeout, outputs = parse_infer(
                 request,
@@ -218,17 +221,17 @@ class KServeServicer:
         # the answer's way back to the client: measured from the client's send time when it gives one
         back = core.margin
         if "sent_unix_us" in params:
-            up = time.time() - _int_param(params["sent_unix_us"]) / 1e6
+            up = clock.wall() - _int_param(params["sent_unix_us"]) / 1e6
             back = max(core.margin, min(up, 10.0))
         dl = np.inf
         if timeout is not None:
             dl = now + timeout - core.margin
         if "deadline_unix_us" in params:
-            dl = min(dl, now + (_int_param(params["deadline_unix_us"]) / 1e6 - time.time()) - back)
+            dl = min(dl, now + (_int_param(params["deadline_unix_us"]) / 1e6 - clock.wall()) - back)
         tr = context.time_remaining()
         if tr is not None:
             dl = min(dl, now + tr - core.margin)
-        chunk = await core.submit(core.next_ids(b), x, {}, np.full(b, dl), has_deadline=dl != np.inf)
+        chunk = await core.submit(core.next_ids(b), x, {}, [dl] * b)
         answers = chunk.answers
         resp = pb.ModelInferResponse(model_name=self.name, model_version="1", id=request.id)
         exit_nodes = [a.exit_node for a in answers]
