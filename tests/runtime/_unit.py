@@ -109,7 +109,12 @@ class Unit:
 
 def make_unit(root: Path) -> Unit:
     model = create_model("small-cnn", num_nodes=4, num_classes=CLASSES, width=8)
-    ck = save_checkpoint(model, root / "ckpt", classes=[str(i) for i in range(CLASSES)], normalization={})
+    ck = save_checkpoint(
+        model,
+        root / "ckpt",
+        classes=[str(i) for i in range(CLASSES)],
+        normalization={"mean": [0.0] * model.input_shape[0], "std": [1.0] * model.input_shape[0]},
+    )
     policy = create_policy("confidence", 4, THRESHOLDS)
     path = policy.save(root / "confidence.json")
     return Unit(root, model, {}, policy, path, ck)
