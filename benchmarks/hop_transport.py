@@ -79,6 +79,7 @@ VARIANTS = (
 REQ = struct.Struct("<QdHHH")  # request id, deadline (unix s, 0 = none), from node, ndim, rows
 REP = struct.Struct("<QHHddd")  # request id, rows, classes, compute_s, queue_s, downstream_s
 FRAME = struct.Struct("<I")  # length prefix of the asyncio transports
+STREAM_LIMIT = 16 << 20  # asyncio stream buffers sized for a whole frame (the 64 KiB default splits big ones)
 
 
 def encode_raw(rid: int, h: np.ndarray, row_ids: np.ndarray, deadline: float, from_node: int) -> bytes:
@@ -139,7 +140,7 @@ async def _aio_server(port: int, uds: str) -> None:
         rid, x, _, _ = decode_raw(req)
         return reply_raw(rid, x.shape[0])
 
-    async def raw_stream(ctx: Any) -> None:
+    async def raw_stream(_requests: Any, ctx: Any) -> None:
         while True:
             req = await ctx.read()
             if req is grpc.aio.EOF:
@@ -179,6 +180,7 @@ def _sync_server(port: int) -> None:
 
 async def _frames_server(port: int, uds: str) -> None:
     async def conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.set_write_buffer_limits(high=STREAM_LIMIT)
         try:
             while True:
                 (n,) = FRAME.unpack(await reader.readexactly(FRAME.size))
@@ -189,8 +191,8 @@ async def _frames_server(port: int, uds: str) -> None:
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    tcp = await asyncio.start_server(conn, "127.0.0.1", port)
-    unix = await asyncio.start_unix_server(conn, uds)
+    tcp = await asyncio.start_server(conn, "127.0.0.1", port, limit=STREAM_LIMIT)
+    unix = await asyncio.start_unix_server(conn, uds, limit=STREAM_LIMIT)
     async with tcp, unix:
         await asyncio.gather(tcp.serve_forever(), unix.serve_forever())
 
@@ -247,8 +249,11 @@ class Clients:
         self.raw_sync = self.sync.unary_unary(f"/{SERVICE}/Raw")
         self.bidi_tcp = await _Bidi.open(self.tcp.stream_stream(f"/{SERVICE}/RawStream"))
         self.bidi_uds = await _Bidi.open(self.unix.stream_stream(f"/{SERVICE}/RawStream"))
-        self.frames_tcp = await _Frames.open(*(await asyncio.open_connection("127.0.0.1", self.frames_port)))
-        self.frames_uds_c = await _Frames.open(*(await asyncio.open_unix_connection(self.frames_uds)))
+        tcp = await asyncio.open_connection("127.0.0.1", self.frames_port, limit=STREAM_LIMIT)
+        self.frames_tcp = await _Frames.open(*tcp)
+        self.frames_uds_c = await _Frames.open(
+            *(await asyncio.open_unix_connection(self.frames_uds, limit=STREAM_LIMIT))
+        )
         for c in (self.bidi_tcp, self.bidi_uds, self.frames_tcp, self.frames_uds_c):
             self._closers.append(c.close)
 
@@ -334,6 +339,7 @@ class _Frames:
     async def open(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Frames:
         self = cls()
         self.r, self.w = reader, writer
+        writer.transport.set_write_buffer_limits(high=STREAM_LIMIT)
         self.waiting: dict[int, asyncio.Future] = {}
         self.task = asyncio.get_running_loop().create_task(self._read())
         return self
@@ -561,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.serve:
         kind, port, path = a.serve
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # an echo server has nothing to clean up
         if kind == "aio":
             asyncio.run(_aio_server(int(port), path))
         elif kind == "sync":
