@@ -551,7 +551,32 @@ def report(res: dict[str, Any], variants: list[str], concurrency: int) -> list[d
             f"protobuf {s['proto_req']:.0f} / {s['proto_dec']:.0f} / {s['proto_rep']:.0f}; "
             f"raw {s['raw_req']:.0f} / {s['raw_dec']:.0f} / {s['raw_rep']:.0f}"
         )
+    steps = Table(title="one change at a time: median latency ratio / throughput ratio (< 1 / > 1: the change helps)")
+    steps.add_column("change")
+    labels = list(res)
+    for label in labels:
+        steps.add_column(label, justify="right")
+    by = {(r["case"], r["transport"]): r for r in rows}
+    for a, b, what in STEPS:
+        if a in variants and b in variants:
+            cells = []
+            for label in labels:
+                ra, rb = by[(label, a)], by[(label, b)]
+                cells.append(f"{ra['median_us'] / rb['median_us']:.2f} / {ra['rate'] / rb['rate']:.2f}")
+            steps.add_row(f"{what} ({a} vs {b})", *cells)
+    con.print(steps)
     return rows
+
+
+STEPS = (
+    ("raw-unary", "proto-unary", "identity serialisers + fixed header instead of protobuf"),
+    ("raw-bidi", "raw-unary", "one bidi stream per link instead of a unary call per request"),
+    ("raw-bidi", "proto-unary", "both"),
+    ("raw-unary-uds", "raw-unary", "Unix domain socket instead of TCP loopback (unary)"),
+    ("raw-bidi-uds", "raw-bidi", "Unix domain socket instead of TCP loopback (bidi)"),
+    ("raw-unary-sync", "raw-unary", "gRPC sync server + client on threads instead of grpc.aio"),
+    ("asyncio-tcp", "raw-bidi", "hand-written asyncio framing instead of gRPC (stream vs stream)"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -348,7 +348,7 @@ class RayDriver(Driver):
 
         self.ray = ray
         os.environ["OMP_NUM_THREADS"] = "1"
-        tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # ray's socket paths must stay short
+        self.tmp = tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # ray's socket paths must stay short
         ray.init(
             num_cpus=os.cpu_count() or 1,
             include_dashboard=False,
@@ -389,8 +389,12 @@ class RayDriver(Driver):
         ray.get(inflight, timeout=300)
 
     def close(self) -> None:
+        import shutil
+
         if self.started:
             self.ray.shutdown()
+        if getattr(self, "tmp", None) is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -657,6 +661,14 @@ def in_process_s(checkpoint: str, shape: tuple[int, ...], batch: int, n: int) ->
     return float(np.median(ts)), float(np.median(cs))
 
 
+def idle_cpu(procs: list[PeerProc], seconds: float) -> dict[str, float]:
+    """CPU (in cores) that each peer's processes (driver, stages, Ray's own) use while no request is sent."""
+    pids = {p.name: [int(p.info["driver_pid"]), *p.pids] for p in procs}
+    c0 = {n: sum(cpu_seconds(q) for q in ps) for n, ps in pids.items()}
+    time.sleep(seconds)
+    return {n: (sum(cpu_seconds(q) for q in ps) - c0[n]) / seconds for n, ps in pids.items()}
+
+
 def block_sizes(inproc_s: float, knobs: dict[str, Any], concurrency: int) -> tuple[int, int]:
     """Requests per latency block and per throughput block, from a rough cost of one request."""
     est = 2.0 * inproc_s  # a request's time on this machine, roughly (transport, contention)
@@ -734,9 +746,14 @@ def run(
     with contextlib.ExitStack() as stack:
         procs = start_peers(peers, specs, tmp, stack)
         log("started " + ", ".join(f"{p.name} in {p.info['start_s']:.0f} s" for p in procs))
+        time.sleep(2.0)
+        idle = idle_cpu(procs, 5.0)
+        log("idle CPU (cores) while no peer serves: " + ", ".join(f"{n} {c:.3f}" for n, c in idle.items()))
         for m, mname in enumerate(models):
             res: dict[str, Any] = {"model": mname, "configs": []}
             res["peers"] = {p.name: {k: p.info.get(k) for k in ("threads", "transport", "start_s")} for p in procs}
+            for n, c in idle.items():
+                res["peers"][n]["idle_cpu_cores"] = c
             res["check"] = cross_check(procs, m, batches)
             log(f"[{mname}] answers identical across peers (argmax, probabilities within {CHECK_ATOL}, node 4)")
             ckpt, shape = str(load_spec(specs[m]).checkpoint), input_shape_of(specs[m])
