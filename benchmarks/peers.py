@@ -855,9 +855,13 @@ def loadavg() -> list[float]:
 
 # ---------------------------------------------------------------------------- profiling one stage
 def profile_stage(
-    peer: str, k: int, model: str, batch: int, seconds: float, concurrency: int, tmp: Path
+    peer: str, k: int, model: str, batch: int, seconds: float, concurrency: int, tmp: Path, gil: bool = False
 ) -> dict[str, Any]:
-    """py-spy (all threads, native frames where it can) of stage ``k`` of ``peer`` under load; top frames."""
+    """py-spy (all threads, native frames where it can) of stage ``k`` of ``peer`` under load; top frames.
+
+    py-spy samples wall time: a thread waiting for the CPU or blocked in a queue counts where it waits.
+    With ``gil`` only samples of the thread holding the GIL count: the Python work (torch kernels and
+    waits release the GIL), which is what a hop costs beyond compute in a Python node."""
     import shutil
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -866,7 +870,7 @@ def profile_stage(
     work = tmp / f"profile-{model}"
     work.mkdir(parents=True, exist_ok=True)
     spec_path = make_cluster_files(model, work)
-    out: dict[str, Any] = {"peer": peer, "stage": k, "model": model, "batch": batch}
+    out: dict[str, Any] = {"peer": peer, "stage": k, "model": model, "batch": batch, "gil_only": gil}
     with contextlib.ExitStack() as stack:
         (p,) = start_peers([peer], [spec_path], work, stack)
         pid = p.stage_pids(0)[k - 1]
@@ -875,6 +879,8 @@ def profile_stage(
         raw = work / "profile.txt"
         cmd = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200"]
         cmd += ["--format", "raw", "--output", str(raw), "--nonblocking", "--threads", "--native"]
+        if gil:
+            cmd.append("--gil")
         holder: dict[str, Any] = {}
 
         def load() -> None:
@@ -900,15 +906,41 @@ def profile_stage(
         if spy_run.returncode != 0:
             raise PeerError(f"py-spy failed: {spy_run.stderr[-2000:]}")
         out.update(cpu_util=cpu / wall, requests=holder.get("n", 0), native="--native" in cmd)
-        out.update(summarise_stacks(raw.read_text()))
+        text = raw.read_text()
+        out.update(summarise_stacks(text), collapsed=text)
     return out
 
 
+# Where a sample of a stage process is, by the innermost frame that matches (first rule wins).
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("compute (segment + exit)", ("torch/nn/", "NodeCore._compute", "Stage.__call__", "wrn.py")),
+    ("protobuf + tensor (de)serialisation", ("SerializeToString", "FromString", "to_proto", "from_proto", "_pb2")),
+    ("policy + answers", ("distree/policies/", "_answer", "softmax")),
+    ("metrics", ("prometheus_client",)),
+    ("grpc calls (Python side of grpc.aio)", ("grpc/aio/", "grpc/_", "_cygrpc")),
+    ("node logic (batch, forward, deadlines)", ("distree/runtime/",)),
+    ("thread hand-off", ("concurrent/futures/", "_write_to_self", "run_in_executor", "threading.py")),
+    ("event loop waiting (epoll)", ("selectors.py",)),
+    ("event loop (scheduling callbacks)", ("asyncio/",)),
+    ("torch.distributed.rpc", ("torch/distributed/", "rpc_forward")),
+    ("ray", ("ray/", "_raylet")),
+)
+
+
+def categorise(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        for name, keys in CATEGORIES:
+            if any(k in frame for k in keys):
+                return name
+    return "other"
+
+
 def summarise_stacks(text: str, top: int = 25) -> dict[str, Any]:
-    """Self and inclusive sample counts per frame of py-spy's raw (collapsed) output, idle threads apart."""
+    """Self and inclusive sample counts per frame of py-spy's raw (collapsed) output, and per category."""
     selfc: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     threads: Counter[str] = Counter()
+    cats: Counter[str] = Counter()
     total = 0
     for line in text.splitlines():
         stack, _, n = line.rpartition(" ")
@@ -919,10 +951,12 @@ def summarise_stacks(text: str, top: int = 25) -> dict[str, Any]:
         threads[frames[0]] += c
         total += c
         selfc[frames[-1]] += c
+        cats[categorise(frames[1:])] += c
         for f in set(frames[1:]):
             incl[f] += c
     return {
         "samples": total,
+        "categories": cats.most_common(),
         "threads": threads.most_common(),
         "self": selfc.most_common(top),
         "inclusive": incl.most_common(top),
@@ -950,6 +984,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="PEER:K", help="py-spy stage K of PEER under load instead of the table")
     ap.add_argument("--profile-seconds", type=float, default=20.0)
     ap.add_argument("--profile-batch", type=int, default=1)
+    ap.add_argument("--profile-gil", action="store_true", help="count only samples holding the GIL (Python work)")
     a = ap.parse_args(argv)
     if a.driver:
         return driver_main(a.driver, [Path(p) for p in a.spec.split(",")], a.work)
@@ -965,9 +1000,11 @@ def main(argv: list[str] | None = None) -> int:
         peer, _, k = a.profile.partition(":")
         model = a.models.split(",")[0]
         with tempfile.TemporaryDirectory(prefix="distree-peers-") as d:
-            prof = profile_stage(peer, int(k or 2), model, a.profile_batch, a.profile_seconds, a.concurrency, Path(d))
-        print(json.dumps({k: v for k, v in prof.items() if k not in ("self", "inclusive")}, indent=1))
-        for what in ("self", "inclusive"):
+            prof = profile_stage(
+                peer, int(k or 2), model, a.profile_batch, a.profile_seconds, a.concurrency, Path(d), a.profile_gil
+            )
+        print(json.dumps({k: v for k, v in prof.items() if k not in ("self", "inclusive", "collapsed")}, indent=1))
+        for what in ("categories", "self"):
             print(f"\n{what} samples (of {prof['samples']}):")
             for f, c in prof[what]:
                 print(f"{100 * c / max(prof['samples'], 1):6.1f}%  {f}")
