@@ -33,8 +33,12 @@ after 3 untimed ones, median and p99 over all rounds' samples. Throughput: reque
 4 stage processes (sum of their threads' ``schedstat``) during the throughput blocks, divided by the
 requests; "beyond compute" subtracts the same segments computed back to back in one process.
 
-Machine. Whatever runs it (printed); the numbers in docs/runtime.md name theirs. On a machine with
-fewer cores than processes (5 client + stage processes, plus Ray's own), all peers contend for CPUs.
+Machine. Whatever runs it: the header names the CPU, core count, versions and load average (at the start
+and the end), and docs/peers.md names the machine of its numbers. Each peer is 5 processes (client +
+4 stages; Ray adds its own), all peers are up at once, so on a machine with fewer cores than processes
+they contend for CPUs: latency then measures scheduling as much as the peers, and the CPU-per-request
+columns are the robust ones. ``--quick``: 3 rounds of short blocks, a few minutes on a quiet 2-CPU
+machine (start-up of the 4 peers included); much longer on a loaded one.
 
     python benchmarks/peers.py [--quick] [--models wrn-16-2,wrn-16-8] [--batches 1,8]
                                [--peers distree,torch-rpc,torch-rpc-tcp,ray] [--out FILE.json]

@@ -58,6 +58,7 @@ def _spec(checkpoint: Path, tmp: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(900)  # 10 processes import torch: about 2 minutes on a loaded 2-CPU machine
 def test_rpc_and_distree_answer_alike_and_leave_no_process(tiny_checkpoint: Path, tmp_path: Path) -> None:
     peers = _peers()
     spec = _spec(tiny_checkpoint, tmp_path)
