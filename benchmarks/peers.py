@@ -37,8 +37,8 @@ Machine. Whatever runs it: the header names the CPU, core count, versions and lo
 and the end), and docs/peers.md names the machine of its numbers. Each peer is 5 processes (client +
 4 stages; Ray adds its own), all peers are up at once, so on a machine with fewer cores than processes
 they contend for CPUs: latency then measures scheduling as much as the peers, and the CPU-per-request
-columns are the robust ones. ``--quick``: 3 rounds of short blocks, a few minutes on a quiet 2-CPU
-machine (start-up of the 4 peers included); much longer on a loaded one.
+columns are the robust ones. ``--quick``: 3 rounds of short blocks, sized for a few minutes on a quiet
+2-CPU machine; it took 32 minutes under a load average of 12-26 (start-up of the 4 peers: 1.5-2.5 min).
 
     python benchmarks/peers.py [--quick] [--models wrn-16-2,wrn-16-8] [--batches 1,8]
                                [--peers distree,torch-rpc,torch-rpc-tcp,ray] [--out FILE.json]
