@@ -21,6 +21,10 @@ $(VENV)/.dev-installed: $(VENV)/.installed pyproject.toml $(CONSTRAINTS)
 	$(PIP) -e ".[dev]"
 	touch $@
 
+$(VENV)/.bench-installed: $(VENV)/.dev-installed pyproject.toml
+	$(BIN)/pip install -q $(TORCH) -e ".[dev,bench]"
+	touch $@
+
 install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
 
@@ -38,7 +42,7 @@ format: dev
 	$(BIN)/ruff format src tests benchmarks experiments
 	$(BIN)/ruff check --fix src tests benchmarks experiments
 
-bench: dev
+bench: $(VENV)/.bench-installed
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
