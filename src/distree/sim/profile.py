@@ -34,19 +34,42 @@ def _median_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
 
 
 def profile_device(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     *,
     repeats: int = 30,
     warmup: int = 5,
     batch_sizes: Sequence[int] = (1, 8),
     threads: int | None = None,
     progress: Callable[[int, int], Any] | None = None,
+    backend: str = "torch",
+    onnx_dir: str | Path | None = None,
+    providers: Sequence[str] = ("CPU",),
 ) -> dict[str, Any]:
-    """Measure a checkpoint's per-node compute time on this machine (CPU). Returns the profile dict."""
+    """Measure a checkpoint's per-node compute time on this machine (CPU). Returns the profile dict.
+
+    ``backend``: ``torch``, or ``onnx`` / ``onnx-int8`` to time the export folder ``onnx_dir`` through
+    ONNX Runtime (``providers`` in preference order; ``checkpoint`` optional, checked against the export).
+    """
+    if backend != "torch":
+        from ..backends.profile import profile_onnx
+
+        return profile_onnx(
+            onnx_dir,
+            backend=backend,
+            checkpoint=checkpoint,
+            repeats=repeats,
+            warmup=warmup,
+            batch_sizes=batch_sizes,
+            threads=threads,
+            progress=progress,
+            providers=providers,
+        )
     import torch
 
     from ..checkpoint import load_checkpoint
 
+    if checkpoint is None:
+        raise ValueError("the torch backend needs a checkpoint (--checkpoint)")
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     bs = sorted({int(b) for b in batch_sizes} | {1})
@@ -97,6 +120,7 @@ def profile_device(
     )
     prof: dict[str, Any] = {
         "format": PROFILE_FORMAT,
+        "backend": "torch",
         "checkpoint": str(checkpoint),
         "model": meta.get("model"),
         "model_args": meta.get("model_args", {}),

@@ -10,7 +10,8 @@ safetensors file (``*.trace.safetensors`` by convention) holding
 
 and, in the safetensors header metadata under key ``distree``, a JSON document with
 ``format`` (``distree-trace/1``), ``cost_profile``, ``classes``, ``split``, ``dataset``, ``checkpoint``,
-``model`` and ``num_nodes``. :func:`load_trace` validates shapes and returns a :class:`Trace`.
+``model``, ``num_nodes`` and ``backend`` (what computed the exits: ``torch``, ``onnx`` or ``onnx-int8``;
+older traces lack it and were made by torch). :func:`load_trace` validates shapes and returns a :class:`Trace`.
 """
 
 from __future__ import annotations
