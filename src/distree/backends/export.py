@@ -314,6 +314,7 @@ def export_checkpoint(
     quant_format: str = "qdq",
     calibration_method: str = "minmax",
     per_channel: bool = True,
+    activation_type: str | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Manifest:
@@ -355,7 +356,12 @@ def export_checkpoint(
             raise ValueError(f"calibration samples must be >= 1, got {calibration_samples}")
         idx = np.sort(np.random.default_rng(seed).permutation(len(train))[: min(calibration_samples, len(train))])
         calib = arrays(train.subset(idx))
-        quant = {"quant_format": quant_format, "method": calibration_method, "per_channel": per_channel}
+        quant = {
+            "quant_format": quant_format,
+            "method": calibration_method,
+            "per_channel": per_channel,
+            "activation_type": activation_type,
+        }
     out = Path(out)
     manifest = export_model(
         model,

@@ -63,12 +63,15 @@ def quantize_chain(
     quant_format: str = "qdq",
     method: str = "minmax",
     per_channel: bool = True,
+    activation_type: str | None = None,
     batch_size: int = 32,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write ``node<K>.int8.onnx`` next to every fp32 file of ``manifest`` and list them in it (not saved).
 
-    ``calibration``: float32 (n, *input_shape) normalised training inputs. Returns the settings used.
+    ``calibration``: float32 (n, *input_shape) normalised training inputs. ``activation_type``:
+    ``uint8`` or ``int8`` (default: uint8, the operand type of x86's and ARM's 8-bit dot-product
+    instructions). Returns the settings used.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -90,9 +93,9 @@ def quantize_chain(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[method]
-    # QDQ: signed int8 activations and weights (ONNX Runtime's default for QDQ);
-    # QOperator: uint8 activations with int8 weights, the form its x86/ARM integer kernels take.
-    act = QuantType.QInt8 if fmt == QuantFormat.QDQ else QuantType.QUInt8
+    if activation_type not in (None, "uint8", "int8"):
+        raise ValueError(f"activation type must be uint8 or int8, got {activation_type!r}")
+    act = QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8
     data = calibration
     with tempfile.TemporaryDirectory(prefix="distree-quant-") as tmp:
         for entry in manifest.nodes:
