@@ -28,3 +28,21 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     train(cfg, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``distree export --format onnx --quantize int8`` of the tiny checkpoint: (export folder, CLI output).
+
+    Tests using it run in one xdist group (``onnx-export``) so the export is made once."""
+    from typer.testing import CliRunner
+
+    from distree.cli import app
+
+    out = tmp_path_factory.mktemp("tiny_export") / "export"
+    res = CliRunner().invoke(
+        app,
+        ["export", "--checkpoint", str(tiny_checkpoint), "--format", "onnx", "--out", str(out), "--quantize", "int8"],
+    )
+    assert res.exit_code == 0, res.output
+    return out, res.output

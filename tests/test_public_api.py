@@ -15,7 +15,7 @@ import pytest
 import distree
 
 SRC = Path(distree.__file__).resolve().parent
-PACKAGES = ["calibration", "data", "evaluation", "models", "netem", "policies", "runtime", "sim", "trace", "training"]
+PACKAGES = ["backends", "calibration", "data", "evaluation", "models", "netem", "policies", "runtime", "sim", "trace", "training"]
 
 
 def _python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -164,6 +164,7 @@ FORBIDDEN = {
     "evaluation": {"training", "data", "checkpoint", "sim", "runtime", "netem", "cli"},
     "sim": {"training", "data", "evaluation", "calibration", "runtime", "netem", "cli"},
     "runtime": {"training", "evaluation", "calibration", "sim", "netem", "cli"},
+    "backends": {"training", "calibration", "evaluation", "sim", "runtime", "netem", "cli"},
     "trace": {"training", "calibration", "evaluation", "sim", "runtime", "netem", "cli", "policies"},
     "training": {"calibration", "evaluation", "sim", "runtime", "netem", "cli", "trace", "policies"},
     "netem": {

@@ -59,6 +59,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 _SUBPACKAGES = (
+    "backends",
     "calibration",
     "checkpoint",
     "cli",

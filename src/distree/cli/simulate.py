@@ -175,14 +175,20 @@ def sweep_cmd(
 
 @app.command("profile-device")
 def profile_device_cmd(
-    checkpoint: Path = typer.Option(..., help="Checkpoint directory (model.safetensors + model.json)."),
+    checkpoint: Path | None = typer.Option(
+        None, help="Checkpoint directory (model.safetensors + model.json); optional with an onnx backend."
+    ),
     out: Path = typer.Option(..., help="Output device profile (JSON)."),
     repeats: int = typer.Option(30, help="Timed runs per segment (median)."),
     warmup: int = typer.Option(5, help="Untimed runs first."),
     batch_sizes: str = typer.Option("1,8", help="Batch sizes to time (for the batching cost)."),
-    threads: int | None = typer.Option(None, help="torch threads (default: torch's)."),
+    threads: int | None = typer.Option(None, help="torch threads / ONNX Runtime intra-op threads (default: theirs)."),
+    backend: str = typer.Option("torch", help="What computes the nodes: torch | onnx | onnx-int8."),
+    onnx_dir: Path | None = typer.Option(None, help="Export folder for the onnx backends (`distree export`)."),
+    providers: str = typer.Option("CPU", help="ONNX Runtime execution providers, in preference order."),
 ) -> None:
     """Time each segment and exit head of a checkpoint on this machine and write a device profile."""
+    from ..backends import BackendError
     from ..checkpoint import CheckpointError
     from ..sim.profile import profile_device
 
@@ -198,8 +204,10 @@ def profile_device_cmd(
 
         prof = guarded(
             lambda: profile_device(checkpoint, repeats=repeats, warmup=warmup, batch_sizes=bs, threads=threads,
-                                   progress=on_progress),
+                                   progress=on_progress, backend=backend, onnx_dir=onnx_dir,
+                                   providers=[p.strip() for p in providers.split(",") if p.strip()]),
             CheckpointError,
+            BackendError,
         )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(prof, indent=2))

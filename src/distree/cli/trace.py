@@ -20,8 +20,15 @@ def trace_cmd(
     batch_size: int = typer.Option(256),
     device: str = typer.Option("cpu"),
     limit: int | None = typer.Option(None, help="Trace only the first N samples."),
+    backend: str = typer.Option("torch", help="What computes the nodes: torch | onnx | onnx-int8."),
+    onnx_dir: Path | None = typer.Option(None, help="Export folder for the onnx backends (`distree export`)."),
+    providers: str = typer.Option("CPU", help="ONNX Runtime execution providers, in preference order."),
 ) -> None:
-    """Run a checkpoint once over a split and store every exit's logits, features and the costs."""
+    """Run a checkpoint once over a split and store every exit's logits, features and the costs.
+
+    With --backend onnx or onnx-int8 the exits are what ONNX Runtime computes from the export folder,
+    so policies can be calibrated on what the devices compute."""
+    from ..backends import BackendError
     from ..checkpoint import CheckpointError
     from ..data import DatasetError
     from ..trace import trace_checkpoint
@@ -42,11 +49,15 @@ def trace_cmd(
                 device=device,
                 limit=limit,
                 on_batch=on_batch,
+                backend=backend,
+                onnx_dir=onnx_dir,
+                providers=[p.strip() for p in providers.split(",") if p.strip()],
             ),
             CheckpointError,
             DatasetError,
+            BackendError,
         )
     tr.save(out)
     acc = " ".join(f"{a * 100:.2f}" for a in tr.exit_accuracy())
-    console.print(f"{tr.num_samples} samples, {tr.num_nodes} exits; accuracy % per exit: {acc}")
+    console.print(f"{tr.num_samples} samples, {tr.num_nodes} exits ({tr.meta['backend']}); accuracy % per exit: {acc}")
     console.print(f"trace: {out}")

@@ -37,6 +37,9 @@ class HostInfo(Schema):
     python: str | None = None
     torch: str | None = None
     torch_threads: int | None = None
+    onnxruntime: str | None = None
+    providers: list[str] | None = None
+    intra_op_threads: int | None = None
 
 
 class DeviceProfile(Schema):
@@ -44,7 +47,9 @@ class DeviceProfile(Schema):
 
     format: Literal["distree-device-profile/1"] = Field(description="a device profile says it is one")
     format_version: FormatVersion = 1
+    backend: str = "torch"  # what was timed: torch, onnx or onnx-int8
     checkpoint: str | None = None
+    onnx_dir: str | None = None
     model: str | None = None
     model_args: dict[str, Any] = Field(default_factory=dict)
     num_nodes: int | None = Field(None, ge=1)
@@ -52,6 +57,7 @@ class DeviceProfile(Schema):
     exit_flops: list[int] = Field(min_length=1)
     segment_s: list[float] | None = None
     exit_s: list[float] | None = None
+    exit_s_method: str | None = None
     node_s: list[float] = Field(min_length=1, description="median seconds per node (segment + exit) at batch 1")
     flops_per_s: list[float] = Field(min_length=1)
     batch_sizes: list[int] | None = None
@@ -98,19 +104,42 @@ def _median_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
 
 
 def profile_device(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     *,
     repeats: int = 30,
     warmup: int = 5,
     batch_sizes: Sequence[int] = (1, 8),
     threads: int | None = None,
     progress: Callable[[int, int], Any] | None = None,
+    backend: str = "torch",
+    onnx_dir: str | Path | None = None,
+    providers: Sequence[str] = ("CPU",),
 ) -> dict[str, Any]:
-    """Measure a checkpoint's per-node compute time on this machine (CPU). Returns the profile dict."""
+    """Measure a checkpoint's per-node compute time on this machine (CPU). Returns the profile dict.
+
+    ``backend``: ``torch``, or ``onnx`` / ``onnx-int8`` to time the export folder ``onnx_dir`` through
+    ONNX Runtime (``providers`` in preference order; ``checkpoint`` optional, checked against the export).
+    """
+    if backend != "torch":
+        from ..backends.profile import profile_onnx
+
+        return profile_onnx(
+            onnx_dir,
+            backend=backend,
+            checkpoint=checkpoint,
+            repeats=repeats,
+            warmup=warmup,
+            batch_sizes=batch_sizes,
+            threads=threads,
+            progress=progress,
+            providers=providers,
+        )
     import torch
 
     from ..checkpoint import load_checkpoint
 
+    if checkpoint is None:
+        raise ValueError("the torch backend needs a checkpoint (--checkpoint)")
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     bs = sorted({int(b) for b in batch_sizes} | {1})
@@ -162,6 +191,7 @@ def profile_device(
     prof: dict[str, Any] = {
         "format": PROFILE_FORMAT,
         "format_version": FORMAT_VERSION,
+        "backend": "torch",
         "checkpoint": str(checkpoint),
         "model": meta.get("model"),
         "model_args": meta.get("model_args", {}),

@@ -10,7 +10,8 @@ safetensors file (``*.trace.safetensors`` by convention) holding
 
 and, in the safetensors header metadata under key ``distree``, a JSON document (:class:`TraceHeader`)
 with ``format`` (``distree-trace/1``), ``format_version``, ``cost_profile``, ``num_nodes``, ``classes``,
-``split``, ``dataset``, ``checkpoint``, ``model``, ``seed`` and ``meta`` (any other entries of
+``split``, ``dataset``, ``checkpoint``, ``model``, ``seed``, ``backend`` (what computed the exits:
+``torch``, ``onnx`` or ``onnx-int8``; older traces lack it and were made by torch) and ``meta`` (any other entries of
 :attr:`Trace.meta`). :func:`load_trace` validates the header and the shapes and returns a :class:`Trace`.
 """
 
@@ -46,6 +47,7 @@ class TraceHeader(Schema):
     checkpoint: str | None = None
     model: str | None = None
     seed: int | None = None
+    backend: str | None = None  # what computed the exits: torch, onnx or onnx-int8 (absent: torch)
     meta: dict[str, Any] = Field(default_factory=dict)  # any other entries of Trace.meta
 
     @model_validator(mode="after")
@@ -58,7 +60,7 @@ class TraceHeader(Schema):
 
 
 #: Trace.meta entries that are header keys of their own; the others travel in the header's ``meta`` table.
-_META_KEYS = ("classes", "dataset", "split", "checkpoint", "model", "seed")
+_META_KEYS = ("classes", "dataset", "split", "checkpoint", "model", "seed", "backend")
 
 
 @dataclass
