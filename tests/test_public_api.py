@@ -15,7 +15,19 @@ import pytest
 import distree
 
 SRC = Path(distree.__file__).resolve().parent
-PACKAGES = ["backends", "calibration", "data", "evaluation", "models", "netem", "policies", "runtime", "sim", "trace", "training"]
+PACKAGES = [
+    "backends",
+    "calibration",
+    "data",
+    "evaluation",
+    "models",
+    "netem",
+    "policies",
+    "runtime",
+    "sim",
+    "trace",
+    "training",
+]
 
 
 def _python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -65,7 +65,9 @@ def check_printed_against_files(out: Path, text: str) -> None:
     # 2. traces: accuracy per exit, recomputed from the trace files
     for split in ("val", "test"):
         tr = load_trace(out / f"{split}.trace.safetensors")
-        m = re.search(rf"{split}\.trace\.safetensors\n(\d+) samples, 4 exits \(torch\); accuracy % per exit: ([0-9. ]+)", text)
+        m = re.search(
+            rf"{split}\.trace\.safetensors\n(\d+) samples, 4 exits \(torch\); accuracy % per exit: ([0-9. ]+)", text
+        )
         assert m and int(m.group(1)) == tr.num_samples, split
         _matches(m.group(2).split(), list(100 * tr.correct.mean(0)), split)
 
