@@ -352,7 +352,10 @@ class RayDriver(Driver):
 
         self.ray = ray
         os.environ["OMP_NUM_THREADS"] = "1"
-        self.tmp = tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # ray's socket paths must stay short
+        # inside the run's folder (removed with it even if this driver is killed) unless that path is too long
+        # for the Unix sockets Ray creates below it (108 bytes in all)
+        base = self.work if len(str(self.work.resolve())) <= 40 else Path(tempfile.gettempdir())
+        self.tmp = tmp = Path(tempfile.mkdtemp(prefix="r", dir=base))
         ray.init(
             num_cpus=os.cpu_count() or 1,
             include_dashboard=False,
@@ -556,13 +559,17 @@ class PeerProc:
         """The 4 processes computing model ``m`` (chain order)."""
         return list(self.info["stage_pids"][m])
 
-    def close(self, timeout_s: float = 60.0) -> list[int]:
-        """Stop the driver (which stops its peer); kill whatever is left. Returns pids that survived."""
-        if self.proc.poll() is None:
+    def request_quit(self) -> None:
+        """Ask the driver to stop its peer (and close its stdin: a driver also stops at end of input)."""
+        if self.proc.poll() is None and self.proc.stdin is not None and not self.proc.stdin.closed:
             with contextlib.suppress(BrokenPipeError, OSError, ValueError):
-                assert self.proc.stdin is not None
                 self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
                 self.proc.stdin.close()
+
+    def close(self, timeout_s: float = 30.0) -> list[int]:
+        """Stop the driver (which stops its peer); kill whatever is left. Returns pids that survived."""
+        self.request_quit()
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -591,31 +598,34 @@ class PeerProc:
 def start_peers(
     names: list[str], spec_paths: list[Path], work: Path, stack: contextlib.ExitStack, *, parallel: bool = False
 ) -> list[PeerProc]:
-    """Start the drivers, one after the other unless ``parallel`` (start-up is CPU-heavy); ``stack`` closes them."""
+    """Start the drivers, one after the other unless ``parallel`` (start-up is CPU-heavy); ``stack`` stops
+    them all at once (on errors and interrupts too, also while one is still starting)."""
+    started: list[PeerProc] = []
+    stack.callback(close_all, started)
     if parallel:
-        procs = [PeerProc(n, spec_paths, work) for n in names]
-        for p in procs:
-            stack.callback(_close_checked, p)
-        for p in procs:
+        started += [PeerProc(n, spec_paths, work) for n in names]
+        for p in started:
             p.wait_ready()
-        return procs
-    out = []
+        return list(started)
     for name in names:
         t = time.monotonic()
         p = PeerProc(name, spec_paths, work)
-        stack.callback(_close_checked, p)
+        started.append(p)
         p.wait_ready()
         p.info["start_s"] = time.monotonic() - t
-        out.append(p)
-    return out
+    return list(started)
 
 
-def _close_checked(p: PeerProc) -> None:
-    t = time.monotonic()
-    left = p.close()
-    p.info["close_s"] = time.monotonic() - t
-    if left:
-        print(f"WARNING: {p.name}: processes {left} survived SIGKILL", file=sys.stderr)
+def close_all(procs: list[PeerProc]) -> None:
+    """Ask every driver to quit first (they stop their peers in parallel), then wait for and kill what is left."""
+    for p in procs:
+        p.request_quit()
+    for p in procs:
+        t = time.monotonic()
+        left = p.close()
+        p.info["close_s"] = time.monotonic() - t
+        if left:
+            print(f"WARNING: {p.name}: processes {left} survived SIGKILL", file=sys.stderr)
 
 
 def compare_answers(answers: dict[str, list[dict[str, Any]]], num_nodes: int = 4) -> None:
