@@ -3,8 +3,8 @@
 Layout of a checkpoint directory::
 
     model.safetensors   # the MultiExitNetwork state dict
-    model.json          # format, model name + args, num_nodes, input shape, classes,
-                        # normalisation, cost profile, training config, library versions
+    model.json          # format, model name + builder import path + args, num_nodes, input shape,
+                        # classes, normalisation, cost profile, training config, library versions
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .models import CostProfile, MultiExitNetwork, create_model
+from .models import CostProfile, MultiExitNetwork, resolve_model
 
 FORMAT = "distree-checkpoint/1"
 WEIGHTS = "model.safetensors"
@@ -63,8 +63,8 @@ def save_checkpoint(
 
     if model.model_name is None:
         raise CheckpointError(
-            "this model was not built by create_model, so a checkpoint could not rebuild it; "
-            "register a builder with @register_model and create it by name"
+            "this model was not built by create_model, so a checkpoint could not rebuild it; build it with "
+            "create_model('package.module:builder', ...) or a registered name"
         )
     wpath, jpath = _paths(path)
     wpath.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +75,7 @@ def save_checkpoint(
     meta = {
         "format": FORMAT,
         "model": model.model_name,
+        "builder": model.builder_ref,  # import path of the builder: a fresh process rebuilds the model from it
         "model_args": model.model_args,
         "num_nodes": model.num_nodes,
         "num_classes": model.num_classes,
@@ -121,7 +122,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiE
     if not wpath.is_file():
         raise CheckpointError(f"checkpoint weights {wpath} are missing")
     try:
-        model = create_model(meta["model"], **meta["model_args"])
+        args = dict(meta["model_args"])
+        nodes = int(args.pop("num_nodes", meta.get("num_nodes", 0)))
+        model = resolve_model(meta["model"], meta.get("builder")).build(nodes, **args)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"cannot rebuild model from {path}: {e}") from e
     try:
