@@ -13,9 +13,9 @@ Head specs are plain dicts (JSON-serialisable, stored in checkpoints)::
     {"kind": "linear"}                           # BN-ReLU, global pool, Linear (classic WRN head)
 
 The spec ``"auto"`` (:data:`AUTO_HEAD`, the default of ``from_sequential``) sizes each head to a
-cost budget: the largest head of the pooled family (grid 4x4, 2x2 or 1x1; MLP of 128, 64 or 32
-units; then 16 units; then a linear classifier) whose FLOPs are at most ``budget`` times the FLOPs
-of the segment it follows (:data:`DEFAULT_HEAD_BUDGET`: 2%), see :func:`size_head`.
+cost budget: the first head of the pooled family (grid 4x4, then 2x2, then 1x1; for each, an MLP
+of 128, 64, 32 or 16 units; then a linear classifier) whose FLOPs are at most ``budget`` times the
+FLOPs of the segment it follows (:data:`DEFAULT_HEAD_BUDGET`: 2%), see :func:`size_head`.
 """
 
 from __future__ import annotations
@@ -145,13 +145,17 @@ def build_head(spec: HeadSpec | HeadFactory, in_shape: tuple[int, ...], num_clas
 
 
 def head_candidates(in_shape: tuple[int, ...]) -> list[HeadSpec]:
-    """The pooled head family for activations of ``in_shape``, largest first (before measuring)."""
+    """The pooled head family for activations of ``in_shape``, in order of preference.
+
+    The pooling grid first (4x4, 2x2, 1x1: spatial layout is what early exits need most, see
+    docs/training.md), then the MLP width (128, 64, 32, 16), then a linear classifier.
+    """
     if len(in_shape) == 1:
         return [{"kind": "pool", "hidden": h} for h in (128, 64, 32, 16)] + [{"kind": "pool", "hidden": None}]
     spatial = int(in_shape[1]) if len(in_shape) == 3 else 1
     pools = sorted({min(p, spatial) for p in (4, 2, 1)}, reverse=True)
-    family: list[HeadSpec] = [{"kind": "pool", "pool": p, "hidden": h} for p in pools for h in (128, 64, 32)]
-    return family + [{"kind": "pool", "pool": 1, "hidden": 16}, {"kind": "linear"}]
+    family: list[HeadSpec] = [{"kind": "pool", "pool": p, "hidden": h} for p in pools for h in (128, 64, 32, 16)]
+    return family + [{"kind": "linear"}]
 
 
 @torch.no_grad()
@@ -169,21 +173,18 @@ def head_flops(head: nn.Module, in_shape: tuple[int, ...]) -> int:
 def size_head(
     in_shape: tuple[int, ...], num_classes: int, segment_flops: int, budget: float
 ) -> tuple[HeadSpec, nn.Module, int]:
-    """The largest head of :func:`head_candidates` costing at most ``budget * segment_flops``.
+    """The first head of :func:`head_candidates` costing at most ``budget * segment_flops`` FLOPs.
 
-    Candidates are measured (not estimated) and tried from the most to the least expensive; ties
-    keep the larger pooling grid (spatial layout is what early exits need most: docs/training.md).
-    When even the linear classifier is over budget it is used, with a warning. Returns
-    ``(spec, head, head FLOPs)``.
+    Candidates are measured (FlopCounterMode, one sample), not estimated. When even the cheapest
+    is over budget it is used, with a warning. Returns ``(spec, head, head FLOPs)``.
     """
-    with torch.random.fork_rng(devices=[]):  # measuring must not shift the random init of the network
-        costs = [head_flops(build_head(spec, in_shape, num_classes), in_shape) for spec in head_candidates(in_shape)]
     specs = head_candidates(in_shape)
-    order = sorted(range(len(specs)), key=lambda i: (-costs[i], i))
+    with torch.random.fork_rng(devices=[]):  # measuring must not shift the random init of the network
+        costs = [head_flops(build_head(spec, in_shape, num_classes), in_shape) for spec in specs]
     limit = budget * segment_flops
-    pick = next((i for i in order if costs[i] <= limit), None)
+    pick = next((i for i, c in enumerate(costs) if c <= limit), None)
     if pick is None:
-        pick = order[-1]
+        pick = min(range(len(specs)), key=lambda i: costs[i])
         log.warning(
             "the cheapest exit head (%s, %d FLOPs) costs %.1f%% of its segment (%d FLOPs), above the %.1f%% "
             "budget; put more work in this segment (fewer nodes or another split) or raise the head budget",
