@@ -52,16 +52,19 @@ def _vgg(widths, in_ch=1):
     return blocks
 
 
-def test_size_head_picks_the_largest_candidate_that_fits():
+def test_size_head_picks_the_first_candidate_that_fits():
     shape = (64, 14, 14)
-    costs = {str(s): head_flops(build_head(s, shape, 10), shape) for s in head_candidates(shape)}
+    specs = head_candidates(shape)
+    costs = [head_flops(build_head(s, shape, 10), shape) for s in specs]
+    assert specs[0] == DEFAULT_HEAD and specs[-1] == {"kind": "linear"}
+    assert [s["pool"] for s in specs[:-1]] == sorted((s["pool"] for s in specs[:-1]), reverse=True)  # grid first
     seg = 10_000_000
     spec, head, f = size_head(shape, 10, seg, 0.02)
-    assert f <= 0.02 * seg and f == head_flops(head, shape)
-    assert f == max(c for c in costs.values() if c <= 0.02 * seg)
+    first = next(i for i, c in enumerate(costs) if c <= 0.02 * seg)
+    assert spec == specs[first] and f == costs[first] == head_flops(head, shape)
     # a tight budget falls through to smaller grids and widths
     spec_small, _, f_small = size_head(shape, 10, seg, 0.002)
-    assert f_small < f and f_small <= 0.002 * seg and spec_small != spec
+    assert f_small < f and f_small <= 0.002 * seg and spec_small["pool"] < spec["pool"]
 
 
 def test_narrow_vgg_on_fashion_mnist_shape_gets_cheap_heads():
