@@ -13,6 +13,7 @@ has the same feature width; they are reported as "n/a" otherwise.
     python experiments/feature_measures.py --out runs/measures/wrn-equal --model wrn-16-2 \\
         --model-args '{"head_budget": null}' --seeds 0 1 2 3 4 --epochs 2
     python experiments/feature_measures.py --out runs/measures/wrn-auto --model wrn-16-2 --seeds 0 1 2 3 4 --epochs 2
+    python experiments/feature_measures.py --runs runs/cifar   # folders holding {val,test}.trace.safetensors
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def traces_for(args: argparse.Namespace, seed: int) -> tuple[Path, Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, help="Folder for the trained seeds (seed<N>/ with checkpoint and traces).")
+    ap.add_argument("--runs", type=Path, nargs="*", default=None, help="Use the traces in these folders instead.")
     ap.add_argument("--model", default="wrn-16-2")
     ap.add_argument("--model-args", default=None)
     ap.add_argument("--dataset", default="digits")
@@ -83,8 +85,14 @@ def main() -> None:
     args = ap.parse_args()
     rows: dict[str, list[list[float]]] = {}
     accs = []
-    for seed in args.seeds:
-        vpath, tpath = traces_for(args, seed)
+    if not args.runs and args.out is None:
+        ap.error("give --out (train seeds) or --runs (existing traces)")
+    pairs = (
+        [(r / "val.trace.safetensors", r / "test.trace.safetensors") for r in args.runs]
+        if args.runs
+        else [traces_for(args, seed) for seed in args.seeds]
+    )
+    for seed, (vpath, tpath) in enumerate(pairs):
         val, test = load_trace(vpath), load_trace(tpath)
         accs.append(test.exit_accuracy())
         dims = {f.shape[1] for f in val.features}
@@ -99,9 +107,8 @@ def main() -> None:
             m = evaluate_policy(calibrate(pol, val, max_drop_pp=1.0), test)
             rows.setdefault(key, []).append([*held, m.drop_pp, 100 * m.saving])
     acc = " / ".join(f"{100 * a:.1f}" for a in np.mean(accs, axis=0))
-    print(
-        f"{args.model} {args.model_args or ''} on {args.dataset}, {len(args.seeds)} seeds; test acc % per exit: {acc}"
-    )
+    what = ", ".join(map(str, args.runs)) if args.runs else f"{args.model} {args.model_args or ''} on {args.dataset}"
+    print(f"{what}, {len(pairs)} runs; test acc % per exit: {acc}")
     print(f"feature widths per exit: {[f.shape[1] for f in val.features]}")
     print()
     print("| policy | held-out saving % at 0.5 / 1 / 2 pp (val) | test drop pp / test saving % (<= 1 pp on val) |")
