@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 HeadSpec = dict[str, Any]
 HeadFactory = Callable[[int, int, int], nn.Module]  # (in_channels, spatial, num_classes) -> head
 
-#: Default head for every exit but the last. Chosen by measurement on CIFAR-10 (see
-#: docs/exit_heads.md): pooled 4x4 grid + 128-unit MLP, about 1% of a WRN-16-2 segment's FLOPs.
+#: The largest head of the budgeted family, and the fixed head when no budget is set. Chosen by
+#: measurement on CIFAR-10 (docs/training.md): pooled 4x4 grid + 128-unit MLP, 0.4-0.8% of a
+#: WRN-16-2 segment's FLOPs.
 DEFAULT_HEAD: HeadSpec = {"kind": "pool", "pool": 4, "hidden": 128}
 #: The last exit: the backbone's own classifier.
 FINAL_HEAD: HeadSpec = {"kind": "linear"}
