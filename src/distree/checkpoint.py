@@ -3,8 +3,8 @@
 Layout of a checkpoint directory::
 
     model.safetensors   # the MultiExitNetwork state dict
-    model.json          # format, model name + args, num_nodes, input shape, classes,
-                        # normalisation, cost profile, training config, library versions
+    model.json          # format, model name + builder import path + args, num_nodes, input shape,
+                        # classes, normalisation, cost profile, training config, library versions
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from ._schema import FORMAT_VERSION, FormatVersion, Schema, read_json, require_table, validate
 from .errors import CheckpointError, ConfigError
-from .models import MultiExitNetwork, create_model
+from .models import MultiExitNetwork, resolve_model
 from .models.cost import CostProfileTable
 
 FORMAT = "distree-checkpoint/1"
@@ -49,6 +49,7 @@ class Sidecar(Schema):
     format: Literal["distree-checkpoint/1"] = Field(description="a checkpoint sidecar says it is one")
     format_version: FormatVersion = 1
     model: str = Field(description="the registered model name (see `distree models`)")
+    builder: str | None = None  # import path of the builder ("module:function" or a registering module)
     model_args: dict[str, Any] = Field(default_factory=dict)
     num_nodes: int = Field(ge=1)
     num_classes: int = Field(ge=1)
@@ -109,8 +110,8 @@ def save_checkpoint(
 
     if model.model_name is None:
         raise CheckpointError(
-            "this model was not built by create_model, so a checkpoint could not rebuild it; "
-            "register a builder with @register_model and create it by name"
+            "this model was not built by create_model, so a checkpoint could not rebuild it; build it with "
+            "create_model('package.module:builder', ...) or a registered name"
         )
     wpath, jpath = _paths(path)
     extra = dict(extra or {})
@@ -119,6 +120,7 @@ def save_checkpoint(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": model.model_name,
+        "builder": model.builder_ref,  # import path of the builder: a fresh process rebuilds the model from it
         "model_args": model.model_args,
         "num_nodes": model.num_nodes,
         "num_classes": model.num_classes,
@@ -177,7 +179,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiE
     if not wpath.is_file():
         raise CheckpointError(f"checkpoint weights {wpath} are missing")
     try:
-        model = create_model(meta["model"], **meta["model_args"])
+        args = dict(meta["model_args"])
+        nodes = int(args.pop("num_nodes", meta.get("num_nodes", 0)))
+        model = resolve_model(meta["model"], meta.get("builder")).build(nodes, **args)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"cannot rebuild model from {path}: {e}") from e
     try:

@@ -62,3 +62,7 @@ __all__ = [
     "SpecError",
     "TraceError",
 ]
+
+
+class ModelError(DistreeError, ValueError):
+    """A model cannot be found, imported or built with the given arguments; the message says the fix."""

@@ -74,7 +74,7 @@ def test_distree_first_node_falls_back_to_confidence_then_uses_tv():
     assert np.all(pure[:, 0] == -np.inf)
 
 
-@pytest.mark.parametrize("measure", ["tv", "js", "kl", "feat-l2", "feat-cos"])
+@pytest.mark.parametrize("measure", ["tv", "js", "kl", "feat-w2", "feat-l2", "feat-cos"])
 def test_distree_measures_are_zero_difference_for_identical_exits(measure):
     same = np.repeat(LOGITS[:, :1], 3, axis=1)
     feats = [FEATS[0]] * 3

@@ -14,7 +14,16 @@ from ._common import console, guarded, progress_bar
 
 @app.command()
 def train(
-    model: str = typer.Option("small-cnn", help="Registered model name (see `distree models`)."),
+    model: str = typer.Option(
+        "small-cnn",
+        help="A model name (see `distree models`: registered or from a 'distree.models' entry point) or a "
+        "builder of your own as package.module:function.",
+    ),
+    model_args: list[str] = typer.Option(
+        None,
+        help="Builder arguments: a JSON object ('{\"width\": 0.5}') or KEY=VALUE pairs (width=0.5,depth=8); "
+        "repeatable. `distree models` shows what each builder accepts.",
+    ),
     nodes: int = typer.Option(4, help="Number of nodes (segments + exits)."),
     dataset: str = typer.Option("digits", help="cifar10 | mnist | fashion-mnist | imagefolder | digits | synthetic"),
     data_dir: str | None = typer.Option(None, help="Dataset folder (not needed for digits / synthetic)."),
@@ -43,13 +52,18 @@ def train(
 ) -> None:
     """Train all segments and exits jointly (CE + KD from the deepest exit + feature transfer)."""
     from ..data import DatasetError
+    from ..models import parse_model_args, resolve_model
     from ..training import TrainConfig
     from ..training import train as run_train
 
     head_spec = guarded(lambda: json.loads(head), json.JSONDecodeError) if head else None
+    margs = guarded(lambda: parse_model_args(model_args))
+    builder = guarded(lambda: resolve_model(model))
+    guarded(lambda: builder.check_args(margs, complete=False))  # before loading data; the trainer checks the rest
     cfg = guarded(
         lambda: TrainConfig(
             model=model,
+            model_args=margs,
             num_nodes=nodes,
             dataset=dataset,
             data_dir=data_dir,
@@ -98,6 +112,9 @@ def train(
 
 def _print_exit_table(model, accs: list[float] | None, title: str = "per-exit validation accuracy and cost") -> None:
     cp = model.cost_profile()
+    budget = getattr(model, "head_budget", None)
+    if budget is not None:
+        title += f" (exit-head budget: {100 * budget:g}% of its segment)"
     base = cp.last_exit_cost()
     cum = cp.exit_cost()
     t = Table(title=title)
@@ -114,12 +131,36 @@ def _print_exit_table(model, accs: list[float] | None, title: str = "per-exit va
             str(cp.hop_bytes[i]) if i < len(cp.hop_bytes) else "-",
         )
     console.print(t)
+    shares = " / ".join(f"{100 * s:.2f}" for s in cp.head_share())
+    specs = getattr(model, "head_specs", None) or []
+    kinds = " / ".join(_head_label(s) for s in specs)
+    console.print(f"exit heads cost {shares} % of their segments" + (f" ({kinds})" if kinds else ""))
+
+
+def _head_label(spec: dict | None) -> str:
+    if spec is None:
+        return "custom"
+    if spec.get("kind") == "linear":
+        return "linear"
+    hidden = spec.get("hidden")
+    grid = f"{spec['pool']}x{spec['pool']}" if "pool" in spec else "flat"
+    label = f"{spec.get('kind', 'pool')} {grid}" + (
+        f" + {spec['channels']}-channel conv" if spec.get("channels") else ""
+    )
+    return label + (f" + MLP {hidden}" if hidden else "")
 
 
 @app.command()
-def models(pattern: str = typer.Argument("*", help="Glob pattern.")) -> None:
-    """List registered models."""
-    from ..models import list_models
+def models(
+    pattern: str = typer.Argument("*", help="Glob pattern."),
+    args: bool = typer.Option(False, "--args", help="Also show where each model comes from and its arguments."),
+) -> None:
+    """List the models: registered builders and those installed packages declare ('distree.models' entry points)."""
+    from ..models import list_models, resolve_model
 
     for name in list_models(pattern):
-        console.print(name)
+        if not args:
+            console.print(name)
+            continue
+        b = guarded(lambda name=name: resolve_model(name))
+        console.print(f"[bold]{name}[/]  ({b.origin}{', ' + b.ref if b.ref else ''})\n    {b.describe()}")

@@ -50,6 +50,10 @@ class CostProfile:
         """The baseline: every segment and only the final head."""
         return float(sum(self.segment_flops) + self.exit_flops[-1])
 
+    def head_share(self) -> list[float]:
+        """Each exit head's FLOPs as a fraction of the FLOPs of the segment it follows, per node."""
+        return [e / max(s, 1) for s, e in zip(self.segment_flops, self.exit_flops, strict=True)]
+
     def bytes_to_exit(self) -> np.ndarray:
         """Bytes sent between nodes when a request exits at node i. Shape (N,)."""
         return np.concatenate([[0.0], np.cumsum(np.asarray(self.hop_bytes, dtype=np.float64))])

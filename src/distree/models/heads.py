@@ -11,24 +11,39 @@ Head specs are plain dicts (JSON-serialisable, stored in checkpoints)::
     {"kind": "pool", "pool": 1, "hidden": 128}   # BN-ReLU, pool to 1x1, Linear-ReLU, Linear
     {"kind": "conv", "pool": 8, "channels": 64, "hidden": 128}   # + a 3x3 conv at 8x8
     {"kind": "linear"}                           # BN-ReLU, global pool, Linear (classic WRN head)
+
+The spec ``"auto"`` (:data:`AUTO_HEAD`, the default of ``from_sequential``) sizes each head to a
+cost budget: the first head of the pooled family (grid 4x4, then 2x2, then 1x1; for each, an MLP
+of 128, 64, 32 or 16 units; then a linear classifier) whose FLOPs are at most ``budget`` times the
+FLOPs of the segment it follows (:data:`DEFAULT_HEAD_BUDGET`: 2%), see :func:`size_head`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from .cost import count_flops
+
+log = logging.getLogger(__name__)
+
 HeadSpec = dict[str, Any]
 HeadFactory = Callable[[int, int, int], nn.Module]  # (in_channels, spatial, num_classes) -> head
 
-#: Default head for every exit but the last. Chosen by measurement on CIFAR-10 (see
-#: docs/exit_heads.md): pooled 4x4 grid + 128-unit MLP, about 1% of a WRN-16-2 segment's FLOPs.
+#: The largest head of the budgeted family, and the fixed head when no budget is set. Chosen by
+#: measurement on CIFAR-10 (docs/training.md): pooled 4x4 grid + 128-unit MLP, 0.4-0.8% of a
+#: WRN-16-2 segment's FLOPs.
 DEFAULT_HEAD: HeadSpec = {"kind": "pool", "pool": 4, "hidden": 128}
 #: The last exit: the backbone's own classifier.
 FINAL_HEAD: HeadSpec = {"kind": "linear"}
+#: Size every head to the budget (see :func:`size_head`).
+AUTO_HEAD = "auto"
+#: Default cost budget of an exit head: this fraction of the FLOPs of the segment it follows.
+DEFAULT_HEAD_BUDGET = 0.02
 
 
 class ExitHead(nn.Module):
@@ -128,3 +143,56 @@ def build_head(spec: HeadSpec | HeadFactory, in_shape: tuple[int, ...], num_clas
             spatial=h,
         )
     raise ValueError(f"unknown exit-head kind {kind!r}; use 'pool', 'conv', 'linear' or pass a factory")
+
+
+def head_candidates(in_shape: tuple[int, ...]) -> list[HeadSpec]:
+    """The pooled head family for activations of ``in_shape``, in order of preference.
+
+    The pooling grid first (4x4, 2x2, 1x1: spatial layout is what early exits need most, see
+    docs/training.md), then the MLP width (128, 64, 32, 16), then a linear classifier.
+    """
+    if len(in_shape) == 1:
+        return [{"kind": "pool", "hidden": h} for h in (128, 64, 32, 16)] + [{"kind": "pool", "hidden": None}]
+    spatial = int(in_shape[1]) if len(in_shape) == 3 else 1
+    pools = sorted({min(p, spatial) for p in (4, 2, 1)}, reverse=True)
+    family: list[HeadSpec] = [{"kind": "pool", "pool": p, "hidden": h} for p in pools for h in (128, 64, 32, 16)]
+    return family + [{"kind": "linear"}]
+
+
+@torch.no_grad()
+def head_flops(head: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """FLOPs of one head on one sample (FlopCounterMode, as in the cost profile)."""
+    was = head.training
+    head.eval()
+    try:
+        f, _ = count_flops(head, torch.zeros((1, *in_shape)))
+    finally:
+        head.train(was)
+    return f
+
+
+def size_head(
+    in_shape: tuple[int, ...], num_classes: int, segment_flops: int, budget: float
+) -> tuple[HeadSpec, nn.Module, int]:
+    """The first head of :func:`head_candidates` costing at most ``budget * segment_flops`` FLOPs.
+
+    Candidates are measured (FlopCounterMode, one sample), not estimated. When even the cheapest
+    is over budget it is used, with a warning. Returns ``(spec, head, head FLOPs)``.
+    """
+    specs = head_candidates(in_shape)
+    with torch.random.fork_rng(devices=[]):  # measuring must not shift the random init of the network
+        costs = [head_flops(build_head(spec, in_shape, num_classes), in_shape) for spec in specs]
+    limit = budget * segment_flops
+    pick = next((i for i, c in enumerate(costs) if c <= limit), None)
+    if pick is None:
+        pick = min(range(len(specs)), key=lambda i: costs[i])
+        log.warning(
+            "the cheapest exit head (%s, %d FLOPs) costs %.1f%% of its segment (%d FLOPs), above the %.1f%% "
+            "budget; put more work in this segment (fewer nodes or another split) or raise the head budget",
+            specs[pick],
+            costs[pick],
+            100 * costs[pick] / max(segment_flops, 1),
+            segment_flops,
+            100 * budget,
+        )
+    return specs[pick], build_head(specs[pick], in_shape, num_classes), costs[pick]

@@ -14,7 +14,17 @@ import torch
 from torch import nn
 
 from .cost import CostProfile, count_flops
-from .heads import DEFAULT_HEAD, FINAL_HEAD, HeadFactory, HeadSpec, build_head
+from .heads import (
+    AUTO_HEAD,
+    DEFAULT_HEAD,
+    DEFAULT_HEAD_BUDGET,
+    FINAL_HEAD,
+    HeadFactory,
+    HeadSpec,
+    build_head,
+    head_flops,
+    size_head,
+)
 from .split import partition_blocks
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,10 @@ class MultiExitNetwork(nn.Module):
         # filled by create_model; used to rebuild from a checkpoint
         self.model_name: str | None = None
         self.model_args: dict[str, Any] = {}
+        self.builder_ref: str | None = None  # import path of the builder (see models.registry)
+        # filled by from_sequential: the spec of every head (None: a custom factory) and the budget
+        self.head_specs: list[HeadSpec | None] = []
+        self.head_budget: float | None = None
         self._cost: CostProfile | None = None
 
     @property
@@ -136,17 +150,23 @@ def from_sequential(
     num_classes: int,
     balance: str = "flops",
     speeds: Sequence[float] | None = None,
-    head: HeadSpec | HeadFactory = DEFAULT_HEAD,
-    final_head: HeadSpec | HeadFactory = FINAL_HEAD,
+    head: HeadSpec | HeadFactory | str = AUTO_HEAD,
+    final_head: HeadSpec | HeadFactory | str = FINAL_HEAD,
     cut_points: Sequence[int] | None = None,
+    head_budget: float | None = DEFAULT_HEAD_BUDGET,
 ) -> MultiExitNetwork:
     """Turn an ordered list of blocks into a multi-exit network split over ``num_nodes`` nodes.
 
     - ``example_input``: one example batch, shape (B, *input_shape), used to trace shapes and FLOPs.
     - ``balance="flops"``: equal FLOPs per node; ``speeds=[...]``: work proportional to relative
       device speeds; ``balance="blocks"``: equal block counts; ``cut_points``: explicit segment starts.
-    - Exit heads are sized from each segment's output shape; ``head`` is a spec dict or a factory
-      ``(in_channels, spatial, num_classes) -> nn.Module`` returning ``(logits, features)``.
+    - Exit heads are sized from each segment's output shape. ``head="auto"`` (default) picks, per
+      exit, the largest pooled head costing at most ``head_budget`` (default 0.02) of the FLOPs of
+      the segment it follows (:func:`~distree.models.heads.size_head`); ``head_budget=None`` uses
+      :data:`DEFAULT_HEAD` everywhere. ``head`` / ``final_head`` may also be a spec dict or a factory
+      ``(in_channels, spatial, num_classes) -> nn.Module`` returning ``(logits, features)``: those are
+      used as given (a warning is logged when one exceeds the budget). ``final_head`` (default: the
+      classic linear classifier) is the last exit's; ``"auto"`` sizes it too.
     """
     blocks = list(blocks)
     if not blocks:
@@ -155,6 +175,11 @@ def from_sequential(
         raise ValueError("example_input must be a batched tensor, shape (B, ...)")
     if balance not in ("flops", "blocks"):
         raise ValueError(f"balance must be 'flops' or 'blocks', got {balance!r}")
+    if head_budget is not None and not (0.0 < float(head_budget) < float("inf")):
+        raise ValueError(f"head_budget must be a positive fraction of a segment's FLOPs (e.g. 0.02), got {head_budget}")
+    for what, h in (("head", head), ("final_head", final_head)):
+        if isinstance(h, str) and h != AUTO_HEAD:
+            raise ValueError(f"{what} must be {AUTO_HEAD!r}, a head spec dict or a factory, got {h!r}")
     x = example_input[:1]
     xb = example_input[:2]
     costs, shapes = [], []
@@ -181,11 +206,34 @@ def from_sequential(
     else:
         starts = partition_blocks(costs, num_nodes, speeds)
     ends = starts[1:] + [len(blocks)]
-    segments, exits = [], []
+    segments, exits, specs = [], [], []
     for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
         segments.append(nn.Sequential(*blocks[s:e]))
         spec = final_head if k == num_nodes - 1 else head
-        exits.append(build_head(spec, shapes[e - 1], num_classes))
+        seg_flops = int(sum(costs[s:e]))
+        if isinstance(spec, str):  # "auto"
+            if head_budget is None:
+                spec = DEFAULT_HEAD
+            else:
+                spec, module, _ = size_head(shapes[e - 1], num_classes, seg_flops, float(head_budget))
+                exits.append(module)
+                specs.append(dict(spec))
+                continue
+        module = build_head(spec, shapes[e - 1], num_classes)
+        if head_budget is not None and k < num_nodes - 1:
+            share = head_flops(module, shapes[e - 1]) / max(seg_flops, 1)
+            if share > head_budget:
+                log.warning(
+                    "exit head %d (%s) costs %.1f%% of its segment, above the %.1f%% head budget",
+                    k + 1,
+                    "custom factory" if callable(spec) else spec,
+                    100 * share,
+                    100 * head_budget,
+                )
+        exits.append(module)
+        specs.append(None if callable(spec) else dict(spec))
     net = MultiExitNetwork(segments, exits, input_shape=example_input.shape[1:], num_classes=num_classes)
-    log.debug("split %d blocks into segments starting at %s", len(blocks), starts)
+    net.head_specs = specs
+    net.head_budget = None if head_budget is None else float(head_budget)
+    log.debug("split %d blocks into segments starting at %s; heads %s", len(blocks), starts, specs)
     return net

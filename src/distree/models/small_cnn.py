@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .heads import DEFAULT_HEAD
+from .heads import AUTO_HEAD, DEFAULT_HEAD_BUDGET
 from .multi_exit import MultiExitNetwork, from_sequential
 from .registry import register_model
 
@@ -29,8 +29,12 @@ def small_cnn(
     head: dict[str, Any] | None = None,
     balance: str = "blocks",
     cut_points: Sequence[int] | None = None,
+    head_budget: float | None = DEFAULT_HEAD_BUDGET,
 ) -> MultiExitNetwork:
-    """Six 3x3 conv blocks (widths w, w, 2w, 2w, 4w, 4w; stride 2 at blocks 3 and 5)."""
+    """Six 3x3 conv blocks (widths w, w, 2w, 2w, 4w, 4w; stride 2 at blocks 3 and 5).
+
+    Every exit, the last included, gets a pooled head sized to ``head_budget`` unless ``head`` is given.
+    """
     w = width
     blocks = [
         conv_block(in_channels, w),
@@ -48,7 +52,8 @@ def small_cnn(
         num_classes=num_classes,
         balance=balance,
         speeds=speeds,
-        head=head or {"kind": "pool", "pool": 1, "hidden": 64},
-        final_head={"kind": "pool", "pool": 1, "hidden": 64} if head is None else (head or DEFAULT_HEAD),
+        head=head or AUTO_HEAD,
+        final_head=head or AUTO_HEAD,
         cut_points=cut_points,
+        head_budget=head_budget,
     )

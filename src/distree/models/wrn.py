@@ -7,13 +7,14 @@ blocks. The last exit is the network's own classifier (BN-ReLU, global pool, lin
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .heads import DEFAULT_HEAD, FINAL_HEAD
+from .heads import AUTO_HEAD, DEFAULT_HEAD_BUDGET, FINAL_HEAD
 from .multi_exit import MultiExitNetwork, from_sequential
 from .registry import register_model
 
@@ -70,7 +71,9 @@ def build_wrn(
     head: dict[str, Any] | None = None,
     balance: str = "flops",
     cut_points: Sequence[int] | None = None,
+    head_budget: float | None = DEFAULT_HEAD_BUDGET,
 ) -> MultiExitNetwork:
+    """``head``: exit-head spec for every exit but the last (default: sized to ``head_budget``)."""
     blocks = wrn_blocks(depth, width, in_channels, dropout)
     example = torch.zeros(2, in_channels, input_size, input_size)
     return from_sequential(
@@ -80,9 +83,10 @@ def build_wrn(
         num_classes=num_classes,
         balance=balance,
         speeds=speeds,
-        head=head or DEFAULT_HEAD,
+        head=head or AUTO_HEAD,
         final_head=FINAL_HEAD,
         cut_points=cut_points,
+        head_budget=head_budget,
     )
 
 
@@ -91,6 +95,10 @@ def _make(depth: int, width: int):
         return build_wrn(depth, width, num_nodes=num_nodes, **kwargs)
 
     builder.__doc__ = f"WRN-{depth}-{width}, split into ``num_nodes`` nodes at block boundaries."
+    sig = inspect.signature(build_wrn)  # declare build_wrn's keyword arguments (what the builder accepts)
+    builder.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[p for n, p in sig.parameters.items() if n not in ("depth", "width")]
+    )
     return builder
 
 

@@ -7,8 +7,11 @@ measure ``d`` is a parameter (``measure``):
 - ``tv`` (default): total-variation distance between the two exits' softmax outputs, in [0, 1];
 - ``js``: Jensen-Shannon divergence / log 2, in [0, 1];
 - ``kl``: KL(p_i || p_{i-1}) in nats (score ``-KL``);
-- ``feat-l2``: ||f_i - f_{i-1}|| / (||f_i|| + ||f_{i-1}||) on the exit feature vectors;
-- ``feat-cos``: 1 - cosine similarity of the exit feature vectors (score = cosine similarity).
+- ``feat-w2``: W2(f_i, f_{i-1}) / (rms(f_i) + rms(f_{i-1})), the 2-Wasserstein distance between
+  the distributions of the two feature vectors' entries (:func:`_measures.quantile_w2`), in [0, 1];
+  defined for exits of any feature widths and blind to the order of a head's units;
+- ``feat-l2``: ||f_i - f_{i-1}|| / (||f_i|| + ||f_{i-1}||) on the exit feature vectors (equal widths only);
+- ``feat-cos``: 1 - cosine similarity of the exit feature vectors (score = cosine similarity; equal widths only).
 
 The default was chosen by measurement on validation traces (docs/policies.md): prediction
 measures beat feature measures there, and they carry only K floats between nodes.
@@ -20,7 +23,7 @@ falls back to a confidence-type score (``first``: ``confidence`` = max softmax, 
 The QoS rule (exit now when the estimated time to continue exceeds the time left before the
 deadline) is applied by :meth:`ExitPolicy.decide` from ``ExitInputs.remaining_s`` and
 ``continue_s``. State between nodes: the previous exit's softmax (``prev``, (B, K) float32) or,
-for feature measures, its feature vector (B, F).
+for feature measures, its feature vector (B, F; sorted for ``feat-w2``).
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ from . import _measures as m
 from .base import ExitPolicy, State, softmax
 from .registry import register_policy
 
-Measure = Literal["tv", "js", "kl", "feat-l2", "feat-cos"]
+Measure = Literal["tv", "js", "kl", "feat-w2", "feat-l2", "feat-cos"]
 FirstRule = Literal["confidence", "entropy", "none"]
 PROB_MEASURES = ("tv", "js", "kl")
-FEATURE_MEASURES = ("feat-l2", "feat-cos")
+FEATURE_MEASURES = ("feat-w2", "feat-l2", "feat-cos")
 MEASURES: tuple[str, ...] = get_args(Measure)
 FIRST_NODE: tuple[str, ...] = get_args(FirstRule)
 
@@ -76,10 +79,13 @@ class DistreePolicy(ExitPolicy):
         if meas == "kl":
             return m.kl(p, prev)
         assert f is not None
+        if meas == "feat-w2":
+            return m.quantile_w2(m.sort_rows(f), prev)
         if f.shape[1] != prev.shape[1]:
             raise ValueError(
-                f"{self.name}: measure {meas!r} compares feature vectors of consecutive exits, but they have "
-                f"{prev.shape[1]} and {f.shape[1]} dimensions; use a prediction measure (tv, js, kl)"
+                f"{self.name}: measure {meas!r} compares feature vectors of consecutive exits coordinate by "
+                f"coordinate, but they have {prev.shape[1]} and {f.shape[1]} dimensions; use measure 'feat-w2' "
+                "(any widths) or a prediction measure (tv, js, kl)"
             )
         if meas == "feat-l2":
             return m.rel_l2(f, prev)
@@ -89,7 +95,10 @@ class DistreePolicy(ExitPolicy):
         return -d if self.params["measure"] == "kl" else 1.0 - d
 
     def _carry(self, p: np.ndarray, f: np.ndarray | None) -> np.ndarray:
-        return f.astype(np.float32) if self.needs_features else p.astype(np.float32)
+        if not self.needs_features:
+            return p.astype(np.float32)
+        assert f is not None
+        return m.sort_rows(f) if self.params["measure"] == "feat-w2" else f.astype(np.float32)
 
     def score(self, node, logits, features, state, labels=None) -> tuple[np.ndarray, State]:
         p = softmax(np.asarray(logits, dtype=np.float32))

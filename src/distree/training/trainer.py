@@ -21,7 +21,7 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import ImageDataset, iterate_batches, load_split
-from ..models import MultiExitNetwork, create_model
+from ..models import ModelError, MultiExitNetwork, resolve_model
 from .config import CONFIG_FILE, TrainConfig
 from .losses import distree_loss
 
@@ -39,11 +39,40 @@ class TrainResult:
 
 
 def build_model(cfg: TrainConfig, ds: ImageDataset) -> MultiExitNetwork:
+    """Build ``cfg.model`` for dataset ``ds``: the dataset's ``num_classes`` / ``in_channels`` /
+    ``input_size`` go only to builders that take them (``cfg.model_args`` override them), and a
+    network built for another input shape or class count is a :class:`ModelError` saying the fix."""
+    builder = resolve_model(cfg.model)
     c, h, _ = ds.input_shape
-    kwargs: dict[str, Any] = {"num_classes": ds.num_classes, "in_channels": c, "input_size": h, **cfg.model_args}
+    offered = {"num_classes": ds.num_classes, "in_channels": c, "input_size": h}
+    kwargs: dict[str, Any] = {k: v for k, v in offered.items() if builder.accepts(k)}
     if cfg.head is not None:
+        if not builder.accepts("head"):
+            raise ModelError(
+                f"model {cfg.model!r} takes no 'head' argument, so an exit-head spec cannot be passed to it; "
+                f"it accepts: {builder.describe()}"
+            )
         kwargs["head"] = cfg.head
-    return create_model(cfg.model, num_nodes=cfg.num_nodes, **kwargs)
+    kwargs.update(cfg.model_args)
+    model = builder.build(cfg.num_nodes, **kwargs)
+    if tuple(model.input_shape) != tuple(ds.input_shape):
+        missing = [k for k in ("in_channels", "input_size") if not builder.accepts(k)]
+        fix = (
+            f"give the builder {' and '.join(repr(k) for k in missing)} parameters so it adapts to the data, or "
+            if missing
+            else ""
+        )
+        raise ModelError(
+            f"model {cfg.model!r} is built for inputs of shape {tuple(model.input_shape)} but dataset "
+            f"{cfg.dataset!r} has {tuple(ds.input_shape)}; {fix}train it on data of that shape"
+        )
+    if model.num_classes != ds.num_classes:
+        fix = "" if builder.accepts("num_classes") else "give the builder a 'num_classes' parameter, or "
+        raise ModelError(
+            f"model {cfg.model!r} has {model.num_classes} classes but dataset {cfg.dataset!r} has "
+            f"{ds.num_classes}; {fix}train it on data with {model.num_classes} classes"
+        )
+    return model
 
 
 def make_projections(model: MultiExitNetwork, ft_target: str) -> nn.ModuleList:
