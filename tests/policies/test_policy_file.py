@@ -70,7 +70,7 @@ def test_bad_parameters_in_a_policy_file(tmp_path):
     assert _error(tmp_path, {**good, "params": {"alpha": "half"}}) == "[params] 'alpha' must be a number, got 'half'"
     assert _error(tmp_path, {**good, "params": {"alpha": -1}}) == "[params] 'alpha' must be >= 0, got -1"
     assert _error(tmp_path, {**good, "params": {"measure": "l2"}}) == (
-        "[params] 'measure' must be 'tv', 'js', 'kl', 'feat-l2' or 'feat-cos', got 'l2'"
+        "[params] 'measure' must be 'tv', 'js', 'kl', 'feat-w2', 'feat-l2' or 'feat-cos', got 'l2'"
     )
     entropy = {**good, "policy": "entropy", "params": {"alpha": 1}}
     assert _error(tmp_path, entropy) == "[params] unknown parameter 'alpha' (it takes none; remove it)"
@@ -118,7 +118,7 @@ def test_misspelt_parameters_are_errors_listing_the_valid_ones():
 
 def test_allowed_parameters_come_from_the_constructors():
     assert policy_params("distree") == {"measure": "tv", "first": "confidence"}
-    assert policy_params("distree-conf") == {"alpha": 0.5, "measure": "feat-l2", "first": "confidence"}
+    assert policy_params("distree-conf") == {"alpha": 0.5, "measure": "feat-w2", "first": "confidence"}
     assert policy_params("similarity") == {"on": "probs"}
     assert policy_params("random") == {"seed": 0}
     assert policy_params("oracle") == {"hopeless": "first"}

@@ -163,4 +163,4 @@ def models(
             console.print(name)
             continue
         b = guarded(lambda name=name: resolve_model(name))
-        console.print(f"[bold]{name}[/]  ({b.origin}{', ' + b.ref if b.ref else ''})\n    {b.describe()}")
+        console.print(f"{name}  ({b.origin}{', ' + b.ref if b.ref else ''})\n    {b.describe()}")
