@@ -91,7 +91,8 @@ def test_distree_feature_measure_needs_features_and_equal_dims():
     bad = [FEATS[0], np.ones((3, 5), np.float32), FEATS[2]]
     with pytest.raises(ValueError, match="dimensions"):
         pol.score_matrix(LOGITS, bad)
-    with pytest.raises(PolicyError, match="'measure' must be 'tv', 'js', 'kl', 'feat-w2', 'feat-l2' or 'feat-cos', got 'l7'"):
+    msg = "'measure' must be 'tv', 'js', 'kl', 'feat-w2', 'feat-l2' or 'feat-cos', got 'l7'"
+    with pytest.raises(PolicyError, match=msg):
         create_policy("distree", 3, measure="l7")
 
 
