@@ -108,7 +108,9 @@ def test_device_profile_from_the_old_writer_loads(tmp_path):
 
 
 def test_bad_device_profiles(tmp_path):
-    assert _profile_error(tmp_path, _profile(gpu=True)).startswith("unknown key 'gpu' (allowed: batch_marginal,")
+    assert _profile_error(tmp_path, _profile(gpu=True)).startswith(
+        "unknown key 'gpu' (allowed: backend, batch_marginal,"
+    )
     assert _profile_error(tmp_path, _profile(node_s="fast")) == "'node_s' must be a list, got 'fast'"
     assert _profile_error(tmp_path, _profile(num_nodes=0)) == "'num_nodes' must be >= 1, got 0"
     assert _profile_error(tmp_path, _profile(flops_per_s=[1.0, -1.0])) == "'flops_per_s' must be > 0 for every node"
