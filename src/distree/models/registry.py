@@ -7,7 +7,9 @@ A *builder* takes ``num_nodes`` plus keyword arguments and returns a :class:`Mul
   its builders when imported);
 - a name an installed package declares in the ``distree.models`` entry-point group, e.g. in its
   ``pyproject.toml``: ``[project.entry-points."distree.models"] my-vgg = "mypkg.models:vgg"``;
-- an import path ``package.module:function`` to any builder, no registration needed.
+- an import path ``package.module:function`` to any builder, no registration needed (a module
+  not found on ``sys.path`` is looked for in the current directory too, as ``python -m`` does,
+  so the ``distree`` command finds the modules of the project folder it runs in).
 
 Builders declare what they accept by their signature (:class:`ModelBuilder` inspects it): an
 unknown argument is an error that lists the accepted ones, and the trainer passes the dataset's
