@@ -36,7 +36,8 @@ def _error(ckpt: Path, data: dict) -> str:
 def test_bad_sidecars(ckpt):
     good = _sidecar(ckpt)
     assert good["format_version"] == 1
-    assert _error(ckpt, {**good, "epochs": 3}).startswith("unknown key 'epochs' (allowed: builder, classes, cost_profile,")
+    msg = _error(ckpt, {**good, "epochs": 3})
+    assert msg.startswith("unknown key 'epochs' (allowed: builder, classes, cost_profile,"), msg
     assert "did you mean 'epoch'?" in _error(ckpt, {**good, "epochs": 3})
     assert _error(ckpt, {**good, "num_classes": "3"}) == "'num_classes' must be an integer, got '3'"
     assert _error(ckpt, {**good, "num_nodes": 0}) == "'num_nodes' must be >= 1, got 0"

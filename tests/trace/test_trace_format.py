@@ -57,7 +57,7 @@ def test_trace_from_the_old_writer_loads(tmp_path):
 def test_bad_trace_headers(tmp_path):
     good = _old_header()
     assert _error(tmp_path, {**good, "splt": "val"}).startswith(
-        "unknown key 'splt' (allowed: backend, checkpoint, classes, cost_profile, dataset, format, format_version, meta,"
+        "unknown key 'splt' (allowed: backend, checkpoint, classes, cost_profile, dataset, format, format_version,"
     )
     assert _error(tmp_path, {**good, "num_nodes": "3"}) == "'num_nodes' must be an integer, got '3'"
     assert _error(tmp_path, {**good, "num_nodes": 0}) == "'num_nodes' must be >= 1, got 0"
