@@ -84,3 +84,32 @@ def test_a_sidecar_that_would_not_read_back_is_refused_on_write(tmp_path):
     with pytest.raises(CheckpointError, match=r"\[normalization\] 'mean' has 1 channels but 'std' has 2"):
         save_checkpoint(net, tmp_path, classes=["a", "b", "c"], normalization={"mean": [0.5], "std": [0.2, 0.3]})
     assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "model.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "args", "old_head"),
+    [
+        # the default heads before they were sized to a budget
+        ("small-cnn", {"num_classes": 3, "width": 4}, {"kind": "pool", "pool": 1, "hidden": 64}),
+        ("wrn-10-1", {"num_classes": 3, "in_channels": 1, "input_size": 8}, {"kind": "pool", "pool": 4, "hidden": 128}),
+    ],
+)
+def test_checkpoints_keep_the_heads_they_were_trained_with(tmp_path, model, args, old_head):
+    """A checkpoint written before head specs were recorded (and whose heads are no longer the
+    builder's default) loads with its own heads, read off the weights; new ones record them."""
+    torch.manual_seed(0)
+    net = create_model(model, num_nodes=3, head=old_head, **args).eval()
+    ck = save_checkpoint(net, tmp_path / "ck", classes=["a", "b", "c"], normalization={"mean": [0.5], "std": [0.2]})
+    side = _sidecar(ck)
+    assert side["heads"][0] == old_head
+    x = torch.randn(4, *net.input_shape)
+    want = [o.logits for o in net(x)]
+    # as the old writer left it: no recorded heads, no head argument
+    side.pop("heads")
+    side["model_args"].pop("head", None)
+    (ck / "model.json").write_text(json.dumps(side))
+    assert create_model(model, num_nodes=3, **args).head_specs[0] != old_head  # the default moved on
+    back, _ = load_checkpoint(ck)
+    assert back.head_specs[0] == old_head
+    for a, b in zip(want, [o.logits for o in back(x)], strict=True):
+        torch.testing.assert_close(a, b)

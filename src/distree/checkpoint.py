@@ -58,6 +58,7 @@ class Sidecar(Schema):
     normalization: Normalization | None = None
     cost_profile: CostProfileTable
     feature_dims: list[int] = Field(default_factory=list)
+    heads: list[dict[str, Any] | None] | None = None  # every exit head's spec (None: a custom factory)
     train_config: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     epoch: int | None = Field(None, ge=1)  # written by the trainer
@@ -129,6 +130,7 @@ def save_checkpoint(
         "normalization": normalization,
         "cost_profile": model.cost_profile().to_dict(),
         "feature_dims": model.feature_dims(),
+        "heads": list(model.head_specs) or None,
         "train_config": train_config or {},
         "versions": library_versions(),
         **known,
@@ -169,6 +171,37 @@ def _shapes_match(model: MultiExitNetwork, state: dict[str, torch.Tensor]) -> bo
     return all(state[k].shape == v.shape for k, v in own.items() if k in state)
 
 
+@torch.no_grad()
+def _match_heads(model: MultiExitNetwork, state: dict[str, torch.Tensor], recorded: list[Any] | None) -> None:
+    """Rebuild every exit head whose weights in ``state`` do not fit the head the builder made.
+
+    The builder's default heads may change between versions; a checkpoint keeps the heads it was
+    trained with: the specs it recorded (``heads``) or, for checkpoints written before they were
+    recorded, the spec read off the weights' shapes (:func:`~distree.models.heads.head_spec_from_weights`).
+    """
+    from .models.heads import build_head, head_spec_from_weights
+
+    was = model.training
+    model.eval()
+    h = torch.zeros((1, *model.input_shape))
+    for i in range(model.num_nodes):
+        h = model.segments[i](h)
+        prefix = f"exits.{i}."
+        theirs = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        mine = model.exits[i].state_dict()
+        if theirs.keys() == mine.keys() and all(theirs[k].shape == v.shape for k, v in mine.items()):
+            continue
+        in_shape = tuple(int(s) for s in h.shape[1:])
+        spec = recorded[i] if recorded and i < len(recorded) and recorded[i] else None
+        spec = spec or head_spec_from_weights(theirs, in_shape)
+        if spec is None:
+            continue  # reported below as a mismatch
+        model.exits[i] = build_head(spec, in_shape, model.num_classes)
+        if len(model.head_specs) == model.num_nodes:
+            model.head_specs[i] = dict(spec)
+    model.train(was)
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiExitNetwork, dict[str, Any]]:
     """Rebuild the model from the sidecar and load its weights. Returns ``(model in eval mode, sidecar)``."""
     from safetensors import SafetensorError
@@ -188,6 +221,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiE
         state = load_file(str(wpath), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint weights {wpath} are corrupt or truncated: {e}") from e
+    _match_heads(model, state, meta.get("heads"))
     missing, unexpected = model.load_state_dict(state, strict=False) if _shapes_match(model, state) else ([], [])
     if missing or unexpected:
         raise CheckpointError(

@@ -196,3 +196,28 @@ def size_head(
             100 * budget,
         )
     return specs[pick], build_head(specs[pick], in_shape, num_classes), costs[pick]
+
+
+def head_spec_from_weights(state: dict[str, torch.Tensor], in_shape: tuple[int, ...]) -> HeadSpec | None:
+    """The spec of the head whose state dict (keys relative to the head) is ``state``, or None.
+
+    For checkpoints that did not record their head specs: the pooled family is recognised from the
+    shapes of its first linear layer (``pool`` from its input width, ``hidden`` from its output
+    width). A conv head's grid cannot be read off its weights; it (and unknown heads) give None.
+    """
+    if any(k.startswith("conv.") for k in state):
+        return None
+    first = state.get("mlp.0.weight")  # (hidden, flat) when the head has an MLP
+    fc = state.get("fc.weight")  # (classes, features)
+    if fc is None or fc.ndim != 2:
+        return None
+    flat, hidden = (int(first.shape[1]), int(first.shape[0])) if first is not None else (int(fc.shape[1]), None)
+    if len(in_shape) == 1:
+        return {"kind": "pool", "hidden": hidden} if flat == in_shape[0] else None
+    c = int(in_shape[0])
+    pool = round((flat / c) ** 0.5) if c and flat % c == 0 else 0
+    if pool < 1 or pool * pool * c != flat:
+        return None
+    if hidden is None and pool == 1:
+        return {"kind": "linear"}
+    return {"kind": "pool", "pool": pool, "hidden": hidden}
