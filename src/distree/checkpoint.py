@@ -12,15 +12,18 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from ._schema import FORMAT_VERSION, FormatVersion, Schema, read_json, require_table, validate
 from .errors import CheckpointError, ConfigError
-from .models import MultiExitNetwork, resolve_model
 from .models.cost import CostProfileTable
+
+if TYPE_CHECKING:  # reading a sidecar needs no torch (ONNX nodes read it on devices without torch)
+    import torch
+
+    from .models import MultiExitNetwork
 
 FORMAT = "distree-checkpoint/1"
 WEIGHTS = "model.safetensors"
@@ -77,6 +80,7 @@ class Sidecar(Schema):
 
 def library_versions() -> dict[str, str]:
     import numpy
+    import torch
 
     from . import __version__
 
@@ -171,7 +175,6 @@ def _shapes_match(model: MultiExitNetwork, state: dict[str, torch.Tensor]) -> bo
     return all(state[k].shape == v.shape for k, v in own.items() if k in state)
 
 
-@torch.no_grad()
 def _match_heads(model: MultiExitNetwork, state: dict[str, torch.Tensor], recorded: list[Any] | None) -> None:
     """Rebuild every exit head whose weights in ``state`` do not fit the head the builder made.
 
@@ -179,13 +182,16 @@ def _match_heads(model: MultiExitNetwork, state: dict[str, torch.Tensor], record
     trained with: the specs it recorded (``heads``) or, for checkpoints written before they were
     recorded, the spec read off the weights' shapes (:func:`~distree.models.heads.head_spec_from_weights`).
     """
+    import torch
+
     from .models.heads import build_head, head_spec_from_weights
 
     was = model.training
     model.eval()
     h = torch.zeros((1, *model.input_shape))
     for i in range(model.num_nodes):
-        h = model.segments[i](h)
+        with torch.no_grad():
+            h = model.segments[i](h)
         prefix = f"exits.{i}."
         theirs = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         mine = model.exits[i].state_dict()
@@ -206,6 +212,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MultiE
     """Rebuild the model from the sidecar and load its weights. Returns ``(model in eval mode, sidecar)``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from .models import resolve_model
 
     wpath, _ = _paths(path)
     meta = read_sidecar(path)

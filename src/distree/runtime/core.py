@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from ..policies import ExitInputs, ExitPolicy, load_policy, softmax
-from .backend import Backend, TorchBackend
+from .backend import Backend
 from .batcher import Batch, Batcher, Chunk
 from .clock import SYSTEM_CLOCK, Clock
 from .estimates import Ewma, Samples
 from .link import REASONS, ChainLink, Link, LinkEstimates
 from .metrics import NodeMetrics
+from .node_model import open_node_model, torch_node_model
 from .protos import node_pb2
 from .spec import ClusterSpec
 
@@ -42,8 +43,9 @@ from .spec import ClusterSpec
 class NodeCore:
     """Compute, policy and answers of node ``k`` (1-based), with its batcher and its link to node k+1.
 
-    ``model``/``sidecar``/``policy`` default to the spec's checkpoint and policy files; ``backend``
-    to the model's segment and exit in torch; ``link`` to a gRPC link to the spec's node k+1 (none on
+    ``model``/``sidecar``/``policy`` default to the spec's checkpoint (or, for an ONNX node, its export
+    folder: see :mod:`~distree.runtime.node_model`) and policy files; ``backend`` to the node's segment
+    and exit through the backend the spec gives it; ``link`` to a gRPC link to the spec's node k+1 (none on
     the last node); ``clock`` to the system clocks.
     """
 
@@ -59,22 +61,22 @@ class NodeCore:
         link: Link | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        import torch
-
-        from ..checkpoint import load_checkpoint
         from ..fluctuation import speed_profile_from_spec
 
         self.spec = spec
         self.k = k
         self.node_spec = spec.node(k)
         self.clock = clock
-        torch.set_num_threads(spec.threads)
-        if model is None:
-            model, sidecar = load_checkpoint(spec.checkpoint)
-        self.sidecar = sidecar or {}
-        if model.num_nodes != spec.num_nodes:
+        nm = torch_node_model(model, sidecar, k) if model is not None else open_node_model(spec, k)
+        if nm.backend_name == "torch":
+            import torch
+
+            torch.set_num_threads(spec.threads)
+        self.sidecar = nm.sidecar
+        if nm.num_nodes != spec.num_nodes:
+            where = spec.checkpoint if nm.backend_name == "torch" else spec.node_backend(k)[1]
             raise ValueError(
-                f"checkpoint {spec.checkpoint} has {model.num_nodes} segments but the spec lists {spec.num_nodes} "
+                f"{where} has {nm.num_nodes} segments but the spec lists {spec.num_nodes} "
                 "nodes; list one [[nodes]] entry per segment"
             )
         self.policy = policy if policy is not None else load_policy(spec.policy)
@@ -83,12 +85,12 @@ class NodeCore:
                 f"policy {spec.policy} is for {self.policy.num_nodes} nodes but the cluster has {spec.num_nodes}"
             )
         self.is_last = k == spec.num_nodes
-        self.backend: Backend = backend or TorchBackend(model.segments[k - 1], model.exits[k - 1], last=self.is_last)
-        self.num_classes = int(model.num_classes)
-        self.input_shape = tuple(int(s) for s in model.input_shape)
-        cost = model.cost_profile()
-        self.in_shape = self.input_shape if k == 1 else tuple(int(s) for s in cost.hop_shapes[k - 2])
-        self.model_label = str(self.sidecar.get("model", getattr(model, "model_name", "")))
+        self.backend: Backend = backend or nm.backend
+        self.backend_name = nm.backend_name if backend is None else type(backend).__name__
+        self.num_classes = nm.num_classes
+        self.input_shape = nm.input_shape
+        self.in_shape = nm.in_shape
+        self.model_label = nm.label
         self.speed = speed_profile_from_spec(self.node_spec.speed) if self.node_spec.speed else None
         nominal = self.node_spec.nominal_compute_ms
         self.nominal_s = None if nominal is None else nominal / 1000.0  # emulated device: seconds per row
@@ -290,6 +292,7 @@ class NodeCore:
         link = self.link
         est = link.estimates if link is not None else self._no_link
         stats = {
+            "backend": self.backend_name,
             "counts": {**self.counts, "forwards": link.forwards if link is not None else 0},
             "degraded": self.degraded_counts,
             "hop_s": est.hop_samples.summary(),

@@ -34,6 +34,13 @@ Example (paths are relative to the spec file)::
     nominal_compute_ms = 1.3           # optional: emulate a device whose segment + exit take this long per
                                        # row at speed 1 (e.g. from `distree profile-device`), instead of
                                        # stretching the host's measured compute time
+    backend = "onnx"                   # optional, per node: torch | onnx | onnx-int8 (default: the top-level
+    onnx_dir = "runs/wrn-onnx"         # `backend`, "torch"); the export folder of `distree export --format onnx`
+    providers = ["CUDA", "CPU"]        # ONNX Runtime execution providers in preference order (CPU always last)
+
+The top level takes the same three keys as defaults for every node. A chain may mix backends (a torch
+node next to an int8 ONNX node). ``checkpoint`` may be left out when every node runs ONNX: an ONNX
+node reads the classes, shapes and normalisation from the export's manifest and never imports torch.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from .._schema import FormatVersion, FrozenSchema, LocatedError, read_toml, validate
 from ..errors import SpecError
+
+Backend = Literal["torch", "onnx", "onnx-int8"]
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 _FIX = "see docs/runtime.md for the cluster spec keys"
@@ -106,6 +115,9 @@ class NodeSpec(FrozenSchema):
     key: Path | None = None
     speed: dict[str, Any] | None = None
     nominal_compute_ms: float | None = Field(None, gt=0, lt=3.6e6)
+    backend: Backend | None = None  # default: the spec's top-level backend
+    onnx_dir: Path | None = None  # default: the spec's top-level onnx_dir
+    providers: list[str] | None = Field(None, min_length=1)  # default: the spec's top-level providers
 
     @model_validator(mode="before")
     @classmethod
@@ -114,7 +126,7 @@ class NodeSpec(FrozenSchema):
             data = {**data, "listen": data["address"]}
         return data
 
-    resolve_paths = field_validator("cert", "key", mode="before")(_resolve)
+    resolve_paths = field_validator("cert", "key", "onnx_dir", mode="before")(_resolve)
 
     @field_validator("address", "listen")
     @classmethod
@@ -158,7 +170,7 @@ class ClusterSpec(FrozenSchema):
     """A validated cluster spec. ``path`` is the spec file; paths in it are resolved against its folder."""
 
     format_version: FormatVersion = 1
-    checkpoint: Path = Field(description="the checkpoint directory written by `distree train`")
+    checkpoint: Path | None = Field(None, description="the checkpoint directory written by `distree train`")
     policy: Path = Field(description="the policy file written by `distree calibrate`")
     tls: TLSSpec | None = None  # before nodes: the nodes' validator checks their certificates against it
     nodes: list[NodeSpec] = Field(min_length=1, description="one [[nodes]] table per node (address + segment)")
@@ -171,9 +183,30 @@ class ClusterSpec(FrozenSchema):
     compute_mode: Literal["auto", "inline", "thread"] = "auto"
     inline_compute_ms: float = Field(5.0, ge=0)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    backend: Backend = "torch"
+    onnx_dir: Path | None = None
+    providers: list[str] = Field(default_factory=lambda: ["CPU"], min_length=1)
     _path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "cluster.toml")
 
-    resolve_paths = field_validator("checkpoint", "policy", mode="before")(_resolve)
+    resolve_paths = field_validator("checkpoint", "policy", "onnx_dir", mode="before")(_resolve)
+
+    @model_validator(mode="after")
+    def _backends(self) -> ClusterSpec:
+        """Every torch node needs the checkpoint; every ONNX node an export folder."""
+        for i, n in enumerate(self.nodes):
+            kind = n.backend or self.backend
+            if kind == "torch" and self.checkpoint is None:
+                raise ValueError(
+                    f"node {n.segment} runs the torch backend, so the spec needs 'checkpoint' (the folder "
+                    "written by `distree train`); or give it backend = \"onnx\" and an onnx_dir"
+                )
+            if kind != "torch" and (n.onnx_dir or self.onnx_dir) is None:
+                raise LocatedError(
+                    f"is {kind} but no 'onnx_dir' is set (for the node or the spec); export one with "
+                    "`distree export --checkpoint C --format onnx --out DIR`",
+                    ("nodes", i, "backend"),
+                )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -236,6 +269,11 @@ class ClusterSpec(FrozenSchema):
             raise SpecError(f"node {k} is not in {self.path}: nodes are numbered 1..{self.num_nodes}")
         return self.nodes[k - 1]
 
+    def node_backend(self, k: int) -> tuple[str, Path | None, list[str]]:
+        """Node ``k``'s backend, export folder and execution providers (its own keys, else the spec's)."""
+        n = self.node(k)
+        return n.backend or self.backend, n.onnx_dir or self.onnx_dir, list(n.providers or self.providers)
+
     @property
     def pid_file(self) -> Path:
         return self.path.with_name(self.path.name + ".pids")
@@ -277,7 +315,7 @@ def _toml_value(v: Any) -> str:
 
 
 def spec_toml(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     policy: str | Path,
     nodes: list[dict[str, Any]],
     *,
@@ -286,7 +324,8 @@ def spec_toml(
     **options: Any,
 ) -> str:
     """TOML text of a cluster spec (the inverse of :func:`parse_spec`, for tools and tests)."""
-    lines = [f"checkpoint = {_toml_value(checkpoint)}", f"policy = {_toml_value(policy)}"]
+    lines = [f"checkpoint = {_toml_value(checkpoint)}"] if checkpoint is not None else []
+    lines.append(f"policy = {_toml_value(policy)}")
     lines += [f"{k} = {_toml_value(v)}" for k, v in options.items()]
     for name, table in (("batching", batching), ("tls", tls)):
         if table:
