@@ -198,7 +198,7 @@ class ClusterSpec(FrozenSchema):
             if kind == "torch" and self.checkpoint is None:
                 raise ValueError(
                     f"node {n.segment} runs the torch backend, so the spec needs 'checkpoint' (the folder "
-                    "written by `distree train`); or give it backend = \"onnx\" and an onnx_dir"
+                    'written by `distree train`); or give it backend = "onnx" and an onnx_dir'
                 )
             if kind != "torch" and (n.onnx_dir or self.onnx_dir) is None:
                 raise LocatedError(
