@@ -117,6 +117,29 @@ def test_unavailable_marks_down_and_the_probe_brings_it_back():
     asyncio.run(go())
 
 
+def test_a_channel_that_connects_at_once_gets_the_rows_again():
+    """A successor that started after this node: the first call fails (the channel was backing off) but
+    a health check connects, so the rows are sent again instead of being answered locally."""
+    link = FakeLink(clock=ManualClock())
+    fails = {"left": 1}
+    forward = link.successor.forward
+
+    async def flaky(req, timeout):
+        if fails["left"]:
+            fails["left"] -= 1
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+        return await forward(req, timeout)
+
+    link.successor.forward = flaky  # type: ignore[method-assign]
+
+    async def go():
+        fwd = await link.forward(["x"], np.zeros((1, 2), np.float32), {}, [math.inf])
+        assert fwd.reason == "" and "x" in fwd.answers and link.up
+        await link.close()
+
+    asyncio.run(go())
+
+
 def test_start_seeds_the_successor_estimate_from_info():
     link = FakeLink(info=node_pb2.InfoResponse(est_compute_s=0.01, est_queue_s=0.002))
     link.estimates.next.default = 0.5

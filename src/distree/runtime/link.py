@@ -171,7 +171,8 @@ class GrpcTransport:
     async def healthy(self, timeout: float) -> bool:
         from grpc_health.v1 import health_pb2
 
-        r = await self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        # wait_for_ready: a channel backing off after a failed connection tries again instead of failing at once
+        r = await self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True)
         return r.status == health_pb2.HealthCheckResponse.SERVING
 
     async def close(self) -> None:
@@ -262,7 +263,16 @@ class ChainLink:
         )
         self.forwards += 1
         try:
-            resp = await self.transport.forward(req, timeout)
+            try:
+                resp = await self.transport.forward(req, timeout)
+            except grpc.aio.AioRpcError as e:
+                # a channel still backing off from an earlier failed connection (the successor started
+                # after this node, or restarted) fails calls at once: if it connects within a moment,
+                # send again instead of degrading the answer
+                left = timeout - (clock.monotonic() - t)
+                if failure_reason(e.code()) != "successor-unavailable" or not await self._reachable(min(0.25, left)):
+                    raise
+                resp = await self.transport.forward(req, timeout - (clock.monotonic() - t))
         except grpc.aio.AioRpcError as e:
             code = e.code()
             reason = failure_reason(code)
@@ -282,6 +292,15 @@ class ChainLink:
         return Forwarded({a.request_id: a for a in resp.answers}, "", rtt)
 
     # ------------------------------------------------------------------ up/down
+    async def _reachable(self, timeout: float) -> bool:
+        """Whether the successor answers a health check within ``timeout`` (waiting for a connection)."""
+        if timeout <= 0:
+            return False
+        try:
+            return await self.transport.healthy(timeout)
+        except grpc.aio.AioRpcError:
+            return False
+
     def mark_down(self, why: str) -> None:
         """Stop sending (the core answers locally) and probe the successor's health until it is back."""
         if self.up:

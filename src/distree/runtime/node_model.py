@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import Backend, TorchBackend
+from .backend import Backend
 from .spec import ClusterSpec
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,14 @@ class NodeModel:
 
 def torch_node_model(model: Any, sidecar: dict[str, Any] | None, k: int) -> NodeModel:
     """Node ``k`` (1-based) of a loaded :class:`~distree.models.MultiExitNetwork`."""
-    last = k == model.num_nodes
+    from ..backends.torch_backend import TorchBackend
+
     cost = model.cost_profile()
     input_shape = tuple(int(s) for s in model.input_shape)
     side = dict(sidecar or {})
     side.setdefault("model", getattr(model, "model_name", "") or "")
     return NodeModel(
-        backend=TorchBackend(model.segments[k - 1], model.exits[k - 1], last=last),
+        backend=TorchBackend(model, k - 1),
         backend_name="torch",
         num_nodes=int(model.num_nodes),
         num_classes=int(model.num_classes),
