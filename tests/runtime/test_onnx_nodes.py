@@ -86,7 +86,8 @@ def test_a_chain_mixing_torch_and_onnx_nodes_answers_as_offline(rt, tiny_export,
     kinds = ["torch", "onnx-int8", "torch", "onnx"]
     ports = free_ports(4)
     nodes = [
-        {"address": f"127.0.0.1:{p}", "segment": k + 1, "backend": kind} for k, (p, kind) in enumerate(zip(ports, kinds))
+        {"address": f"127.0.0.1:{p}", "segment": k + 1, "backend": kind}
+        for k, (p, kind) in enumerate(zip(ports, kinds, strict=True))
     ]
     path = tmp_path / "mixed.toml"
     path.write_text(spec_toml(rt.checkpoint, rt.policy, nodes, onnx_dir=str(export)))
@@ -103,7 +104,24 @@ def test_a_chain_mixing_torch_and_onnx_nodes_answers_as_offline(rt, tiny_export,
     with running(spec, log_dir=tmp_path / "logs"):
         got_exit, got_pred = _answers(spec.nodes[0].address, images)
         backends = [json.loads(node_info(n.address).stats_json)["backend"] for n in spec.nodes]
+        status = subprocess.run(
+            [sys.executable, "-m", "distree", "cluster", "status", "--spec", str(path), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert backends == kinds
+    assert status.returncode == 0, status.stderr
+    rows = [json.loads(line) for line in status.stdout.splitlines()]
+    assert [r["backend"] for r in rows] == kinds and all(r["serving"] for r in rows)
+    assert sum(r["rows"] for r in rows) >= N
+    down = subprocess.run(
+        [sys.executable, "-m", "distree", "cluster", "status", "--spec", str(path), "--timeout-s", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert down.returncode == 1 and "0 of 4 nodes serving" in down.stdout, down.stdout + down.stderr
     assert len(set(want_exit.tolist())) >= 2, "the fixture policy should spread exits over the nodes"
     np.testing.assert_array_equal(got_exit, want_exit)
     np.testing.assert_array_equal(got_pred, want_pred)

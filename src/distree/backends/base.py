@@ -11,11 +11,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import DistreeError
+
 #: Backend names accepted by ``distree trace --backend`` and ``distree profile-device --backend``.
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
-class BackendError(RuntimeError):
+class BackendError(DistreeError, RuntimeError):
     """A backend cannot be built or run; the message names the file or setting and the fix."""
 
 

@@ -51,6 +51,7 @@ from . import export as _export  # noqa: E402,F401
 from . import netem as _netem  # noqa: E402,F401
 from . import serve as _serve  # noqa: E402,F401
 from . import simulate as _simulate  # noqa: E402,F401
+from . import status as _status  # noqa: E402,F401
 from . import trace as _trace  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 

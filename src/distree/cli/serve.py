@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -138,6 +138,18 @@ def _load_images(paths: list[Path], shape: tuple[int, ...]) -> np.ndarray:
     return arr if arr.dtype != np.float64 else arr.astype(np.float32)
 
 
+def _model_facts(s: Any) -> dict[str, Any]:
+    """Input shape, classes and class count: from the checkpoint, or node 1's ONNX export manifest."""
+    if s.checkpoint is not None:
+        from ..checkpoint import read_sidecar
+
+        return read_sidecar(s.checkpoint)
+    from ..backends import read_manifest
+
+    m = read_manifest(s.node_backend(1)[1])
+    return {"input_shape": m.input_shape, "classes": m.classes, "num_classes": m.num_classes}
+
+
 @app.command("infer")
 def infer_cmd(
     images: list[Path] = typer.Argument(None, help="Image files (png/jpg/...) or .npy arrays (B, C, H, W)."),
@@ -157,11 +169,10 @@ def infer_cmd(
     import grpc
     import numpy as np
 
-    from ..checkpoint import read_sidecar
     from ..runtime import ClusterClient, spec_client_tls
 
     s = _spec(spec)
-    side = guarded(lambda: read_sidecar(s.checkpoint))
+    side = guarded(lambda: _model_facts(s))
     shape = tuple(side["input_shape"])
     classes = side.get("classes") or [str(i) for i in range(side["num_classes"])]
     labels = None

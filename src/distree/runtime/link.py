@@ -301,6 +301,15 @@ class ChainLink:
         except grpc.aio.AioRpcError:
             return False
 
+    async def wait_reachable(self, timeout_s: float) -> bool:
+        """Wait until the successor serves (True) or ``timeout_s`` passes (False)."""
+        end = self.clock.monotonic() + timeout_s
+        while (left := end - self.clock.monotonic()) > 0:
+            if await self._reachable(min(1.0, left)):
+                return True
+            await self.clock.sleep(min(0.05, max(left, 0.0)))
+        return False
+
     def mark_down(self, why: str) -> None:
         """Stop sending (the core answers locally) and probe the successor's health until it is back."""
         if self.up:

@@ -24,6 +24,9 @@ from .tls import server_credentials
 
 log = logging.getLogger(__name__)
 
+#: How long a starting node waits for its successor before it reports SERVING anyway.
+SUCCESSOR_WAIT_S = 30.0
+
 
 async def serve_node(
     spec: ClusterSpec,
@@ -57,6 +60,16 @@ async def serve_node(
         core.metrics.serve(node.metrics_port)
     await core.start()
     await server.start()
+    # ready only once the successor serves (or after SUCCESSOR_WAIT_S): a chain started in any order is
+    # ready from the last node back to node 1, and node 1's first requests are not degraded
+    link = core.link
+    if link is not None and hasattr(link, "wait_reachable") and not await link.wait_reachable(SUCCESSOR_WAIT_S):
+        log.warning(
+            "successor %s is not serving after %.0f s; serving anyway, answering locally until it is",
+            link.address,
+            SUCCESSOR_WAIT_S,
+            extra={"event": "successor_missing", "node": k},
+        )
     # everything allocated so far (model, modules, imports) lives as long as the process: keep it out of
     # the garbage collector's passes, so collections during requests only look at per-request objects
     gc.collect()
