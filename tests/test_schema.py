@@ -49,7 +49,7 @@ def _msg(data: dict, source: str = "c.toml") -> str:
     return msg
 
 
-NODE = [{"address": "a:1"}]
+NODE = [{"address": "127.0.0.1:1"}]
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,10 @@ NODE = [{"address": "a:1"}]
             "c.toml: unknown key 'thraeds' (allowed: batching, count, format_version, mode, nodes, rate, threads, "
             "thresholds; did you mean 'threads'?)",
         ),
-        ({"nodes": [{"address": "a:1", "sgment": 2}]}, "c.toml: [[nodes]] #1 unknown key 'sgment' (allowed: address,"),
+        (
+            {"nodes": [{"address": "127.0.0.1:1", "sgment": 2}]},
+            "c.toml: [[nodes]] #1 unknown key 'sgment' (allowed: address,",
+        ),
         ({"nodes": [{}]}, "c.toml: [[nodes]] #1 missing key 'address' (host:port of the node; see the docs)"),
         ({}, "c.toml: missing key 'nodes' (see the docs)"),
         ({"nodes": []}, "c.toml: 'nodes' needs at least 1 entry, got 0"),

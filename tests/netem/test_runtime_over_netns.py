@@ -59,7 +59,10 @@ def test_latency_follows_link_delay_and_deadlines_exit_early(tmp_path, tiny_chec
     with NetnsChain(4) as chain:
         nodes = [{"address": f"{chain.addr(k)}:7001", "segment": k} for k in range(1, 5)]
         spec = tmp_path / "cluster.toml"
-        spec.write_text(spec_toml(tiny_checkpoint, policy, nodes))
+        token = tmp_path / "chain.token"  # nodes beyond loopback: internal calls carry the chain's secret
+        token.write_text("netem-test-token\n")
+        token.chmod(0o600)
+        spec.write_text(spec_toml(tiny_checkpoint, policy, nodes, access={"token_file": str(token)}))
         chain.shape_all(delay_ms=DELAY_MS)
         procs = [
             chain.node(k).run(

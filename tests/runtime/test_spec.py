@@ -17,23 +17,26 @@ def test_bad_spec_errors_name_the_problem(rt, tmp_path):
     spec = parse_spec(good, tmp_path / "ok.toml")
     assert [n.segment for n in spec.nodes] == [1, 2, 3, 4] and spec.batching.max_batch_size == 1
     cases = {
-        "unknown key": ({**good, "chekpoint": "x"}, "s.toml: unknown key 'chekpoint' (allowed: backend, batching,"),
+        "unknown key": ({**good, "chekpoint": "x"}, "s.toml: unknown key 'chekpoint' (allowed: access, backend,"),
         "bad address": ({**good, "nodes": [{"address": "localhost"}]}, "[[nodes]] #1 'address' must be 'host:port'"),
         "missing checkpoint": (
             {k: v for k, v in good.items() if k != "checkpoint"},
             "node 1 runs the torch backend, so the spec needs 'checkpoint' (the folder written by `distree train`)",
         ),
         "onnx without export": (
-            {**good, "nodes": [{"address": "a:1", "backend": "onnx-int8"}]},
+            {**good, "nodes": [{"address": "127.0.0.1:1", "backend": "onnx-int8"}]},
             "[[nodes]] #1 'backend' is onnx-int8 but no 'onnx_dir' is set",
         ),
         "bad backend": ({**good, "backend": "tensorrt"}, "'backend' must be 'torch', 'onnx' or 'onnx-int8', got"),
-        "segments": ({**good, "nodes": [{"address": "a:1", "segment": 2}]}, "'nodes' must have segments 1..1"),
+        "segments": ({**good, "nodes": [{"address": "127.0.0.1:1", "segment": 2}]}, "'nodes' must have segments 1..1"),
         "tls without certs": ({**good, "tls": {"ca": str(rt.policy)}}, "[[nodes]] #1 [tls] is on, so every node needs"),
         "batching": ({**good, "batching": {"max_batch_size": 0}}, "[batching] 'max_batch_size' must be >= 1, got 0"),
-        "speed": ({**good, "nodes": [{"address": "a:1", "speed": {"kind": "warp"}}]}, "'speed' is not a valid speed"),
+        "speed": (
+            {**good, "nodes": [{"address": "127.0.0.1:1", "speed": {"kind": "warp"}}]},
+            "'speed' is not a valid speed",
+        ),
         "nominal": (
-            {**good, "nodes": [{"address": "a:1", "nominal_compute_ms": -1}]},
+            {**good, "nodes": [{"address": "127.0.0.1:1", "nominal_compute_ms": -1}]},
             "[[nodes]] #1 'nominal_compute_ms' must be > 0",
         ),
         "type": ({**good, "threads": "two"}, "'threads' must be an integer, got 'two'"),
@@ -41,7 +44,10 @@ def test_bad_spec_errors_name_the_problem(rt, tmp_path):
         "missing file": ({**good, "policy": "nope.json"}, "'policy' = 'nope.json' does not exist"),
         "compute mode": ({**good, "compute_mode": "gpu"}, "'compute_mode' must be 'auto', 'inline' or 'thread', got"),
         "inline ms": ({**good, "inline_compute_ms": -1.0}, "'inline_compute_ms' must be >= 0"),
-        "same port": ({**good, "nodes": [{"address": "a:1"}, {"address": "a:1"}]}, "both listen on a:1"),
+        "same port": (
+            {**good, "nodes": [{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:1"}]},
+            "both listen on 127.0.0.1:1",
+        ),
         "newer version": ({**good, "format_version": 2}, "'format_version' is 2, newer than this distree reads"),
     }
     for name, (data, needle) in cases.items():
@@ -77,7 +83,7 @@ def test_compute_mode_and_inline_compute_ms_are_spec_keys(rt, tmp_path):
     (tmp_path / "c.toml").write_text(text)
     s = load_spec(tmp_path / "c.toml")
     assert s.compute_mode == "thread" and s.inline_compute_ms == 2.5
-    d = parse_spec({"checkpoint": str(rt.checkpoint), "policy": str(rt.policy), "nodes": [{"address": "a:1"}]})
+    d = parse_spec({"checkpoint": str(rt.checkpoint), "policy": str(rt.policy), "nodes": [{"address": "127.0.0.1:1"}]})
     assert d.compute_mode == "auto" and d.inline_compute_ms == 5.0
 
 

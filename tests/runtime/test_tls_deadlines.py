@@ -11,6 +11,7 @@ import pytest
 from _rt import running, write_spec
 
 from distree.runtime import ClientTLS, ClusterClient, create_dev_pki, node_info, spec_client_tls
+from distree.runtime.cluster import free_ports
 from distree.runtime.spec import ClusterSpec
 
 pytestmark = pytest.mark.xdist_group("runtime-tls")
@@ -31,6 +32,7 @@ def tls_cluster(rt, tmp_path_factory) -> Iterator[tuple[ClusterSpec, Path]]:
     extra = {k: {"cert": str(certs / f"node{k}.pem"), "key": str(certs / f"node{k}.key")} for k in range(1, 5)}
     # node 4 emulates a device 500x slower than this CPU: the whole chain takes far longer than nodes 1-3
     extra[4]["speed"] = {"kind": "constant", "factor": 0.002}
+    extra[2]["metrics_port"] = free_ports(1)[0]
     spec = write_spec(rt, "mtls", policy=rt.last_exit, tls=tls, node_extra=extra)
     with running(spec):
         yield spec, d
@@ -76,3 +78,71 @@ def test_deadline_shorter_than_the_chain_gets_an_earlier_exit_in_time(rt, tls_cl
             assert r.latency_s < deadline, (r.latency_s, deadline)
         # without a deadline the same request still runs the whole chain
         assert int(c.infer(x).exit_node[0]) == 4
+
+
+def _tls(d: Path, name: str) -> ClientTLS:
+    c = d / "certs"
+    return ClientTLS(
+        ca=(c / "ca.pem").read_bytes(), cert=(c / f"{name}.pem").read_bytes(), key=(c / f"{name}.key").read_bytes()
+    )
+
+
+def _forward(address: str, tls: ClientTLS) -> grpc.StatusCode:
+    from distree.runtime.client import make_channel
+    from distree.runtime.protos import node_pb2, node_pb2_grpc
+
+    with make_channel(address, tls) as ch:
+        try:
+            node_pb2_grpc.ChainNodeStub(ch).Forward(node_pb2.ForwardRequest(), timeout=10)
+        except grpc.RpcError as e:
+            return e.code()
+    return grpc.StatusCode.OK
+
+
+def test_roles_decide_who_may_call_what(tls_cluster):
+    """Certificates carry roles: only node 1's identity may call node 2's Forward; a client certificate of
+    the same CA is refused there, and a node certificate cannot use the inference service."""
+    spec, d = tls_cluster
+    node2 = spec.nodes[1].address
+    # the predecessor is admitted (its empty request is then refused as malformed)
+    assert _forward(node2, _tls(d, "node1")) == grpc.StatusCode.INVALID_ARGUMENT
+    for who in ("client", "node3", "operator"):
+        assert _forward(node2, _tls(d, who)) == grpc.StatusCode.PERMISSION_DENIED, who
+    assert node_info(node2, tls=_tls(d, "operator")).node == 2
+    with pytest.raises(grpc.RpcError) as ei:
+        node_info(node2, tls=_tls(d, "client"))
+    assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "admits predecessor/operator, not distree://client/client" in ei.value.details()
+    with ClusterClient(spec.nodes[0].address, tls=_tls(d, "node2")) as c, pytest.raises(grpc.RpcError) as ei:
+        c.infer(np.zeros((1, 1, 8, 8), np.uint8), rpc_timeout_s=10)
+    assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _listening_hosts(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (from /proc/net/tcp, IPv4)."""
+    hosts = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if int(p, 16) == port and state == "0A":
+            hosts.add(".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return hosts
+
+
+def test_metrics_are_served_over_tls_on_the_nodes_host_only(tls_cluster):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    spec, d = tls_cluster
+    port = spec.nodes[1].metrics_port
+    assert _listening_hosts(port) == {"127.0.0.1"}
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    c = d / "certs"
+    ctx = ssl.create_default_context(cafile=str(c / "ca.pem"))
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):  # no scraper certificate
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=10, context=ctx).read()
+    ctx.load_cert_chain(str(c / "operator.pem"), str(c / "operator.key"))
+    text = urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=10, context=ctx).read().decode()
+    assert "distree_requests_total" in text

@@ -261,9 +261,14 @@ def certs_issue(
     host: list[str] = typer.Option(..., help="Host names / IPs the certificate is for."),
     out: Path | None = typer.Option(None, help="Output folder (default: the CA folder)."),
     days: int = typer.Option(365),
+    role: str = typer.Option(..., help="node | client | operator: who the certificate's holder is."),
+    tier: int | None = typer.Option(None, help="With --role node: the tier (segment) the node serves."),
 ) -> None:
-    """Issue one more certificate from an existing development CA."""
-    from ..runtime import issue_cert
+    """Issue one more certificate from an existing development CA, with its role identity."""
+    from ..runtime.tls import identity_uri, issue_cert
 
-    cp, kp = guarded(lambda: issue_cert(ca_dir, name, host, days, out))
-    console.print(f"certificate: {cp}\nkey: {kp}")
+    if role == "node" and tier is None:
+        fail("--role node needs --tier K (the segment the node serves)")
+    ident = guarded(lambda: identity_uri(role, tier if role == "node" else name))
+    cp, kp = guarded(lambda: issue_cert(ca_dir, name, host, days, out, identity=ident))
+    console.print(f"certificate: {cp} ({ident})\nkey: {kp}")

@@ -17,21 +17,25 @@ def cluster_status(
     spec: Path = typer.Option(..., help="Cluster spec (TOML)."),
     timeout_s: float = typer.Option(3.0, help="Wait this long for each node's answer."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per node instead of a table."),
+    cert: Path | None = typer.Option(None, help="Certificate for mutual TLS (an operator's; default: the spec's)."),
+    key: Path | None = typer.Option(None, help="Key for mutual TLS (default: the spec's)."),
 ) -> None:
     """Ask every node of the spec (from any machine that reaches them) for its health and state."""
     import grpc
 
     from ..runtime import node_info, spec_client_tls, wait_healthy
+    from ..runtime.auth import chain_token
 
     s = _spec(spec)
-    tls = guarded(lambda: spec_client_tls(s))
+    tls = guarded(lambda: spec_client_tls(s, cert, key))
+    token = guarded(lambda: chain_token(s))
     rows = []
     for n in s.nodes:
         row: dict = {"node": n.segment, "address": n.address, "serving": False}
         if wait_healthy(n.address, tls=tls, timeout_s=timeout_s):
             row["serving"] = True
             try:
-                info = node_info(n.address, tls=tls, timeout_s=timeout_s)
+                info = node_info(n.address, tls=tls, timeout_s=timeout_s, chain_token=token)
                 stats = json.loads(info.stats_json or "{}")
                 row.update(
                     backend=stats.get("backend", "?"),

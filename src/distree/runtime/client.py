@@ -110,10 +110,16 @@ class ClusterClient:
         tls: ClientTLS | None = None,
         model_name: str = "distree",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+        token: str | None = None,
     ) -> None:
+        """``token``: bearer token for an inference service that asks for one (``[access] client_tokens_file``)."""
         self.address = address
         self.model_name = model_name
         self.channel = make_channel(address, tls, max_message_bytes)
+        if token:
+            from .auth import MetadataInterceptor, credential_metadata
+
+            self.channel = grpc.intercept_channel(self.channel, MetadataInterceptor(credential_metadata(token=token)))
 
         def rpc(name: str, req: type, resp: type):
             return self.channel.unary_unary(
@@ -217,9 +223,14 @@ def wait_healthy(address: str, *, tls: ClientTLS | None = None, timeout_s: float
     return False
 
 
-def node_info(address: str, *, tls: ClientTLS | None = None, timeout_s: float = 5.0) -> node_pb2.InfoResponse:
+def node_info(
+    address: str, *, tls: ClientTLS | None = None, timeout_s: float = 5.0, chain_token: bytes | None = None
+) -> node_pb2.InfoResponse:
+    """A node's ``Info`` (with mutual TLS, ``tls`` must carry an operator or predecessor certificate;
+    without it, ``chain_token`` is the spec's shared secret where one is set)."""
+    md = [("x-distree-token", chain_token)] if chain_token else None
     with make_channel(address, tls) as ch:
-        return node_pb2_grpc.ChainNodeStub(ch).Info(node_pb2.InfoRequest(), timeout=timeout_s)
+        return node_pb2_grpc.ChainNodeStub(ch).Info(node_pb2.InfoRequest(), timeout=timeout_s, metadata=md)
 
 
 __all__ = ["OUTPUTS", "ClusterClient", "InferResult", "build_request", "node_info", "parse_response", "wait_healthy"]

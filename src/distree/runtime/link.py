@@ -154,19 +154,25 @@ class Link(Protocol):
 class GrpcTransport:
     """A persistent grpc.aio channel to node K+1 (ChainNode + health)."""
 
-    def __init__(self, address: str, tls: ClientTLS | None, max_message_bytes: int) -> None:
+    def __init__(
+        self, address: str, tls: ClientTLS | None, max_message_bytes: int, *, token: bytes | None = None
+    ) -> None:
         from grpc_health.v1 import health_pb2_grpc
 
+        from .auth import TOKEN_METADATA
+
+        # the chain's shared secret on every internal call when there is no mutual TLS (see .auth)
+        self.metadata = ((TOKEN_METADATA, token),) if token else None
         self.address = address
         self.channel = make_aio_channel(address, tls, max_message_bytes)
         self.stub = node_pb2_grpc.ChainNodeStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def forward(self, req: node_pb2.ForwardRequest, timeout: float) -> Awaitable[node_pb2.ForwardResponse]:
-        return self.stub.Forward(req, timeout=timeout)
+        return self.stub.Forward(req, timeout=timeout, metadata=self.metadata)
 
     async def info(self, timeout: float) -> node_pb2.InfoResponse:
-        return await self.stub.Info(node_pb2.InfoRequest(), timeout=timeout)
+        return await self.stub.Info(node_pb2.InfoRequest(), timeout=timeout, metadata=self.metadata)
 
     async def healthy(self, timeout: float) -> bool:
         from grpc_health.v1 import health_pb2
@@ -211,9 +217,15 @@ class ChainLink:
     @classmethod
     def to_successor(cls, spec: ClusterSpec, k: int, *, metrics: NodeMetrics, clock: Clock = SYSTEM_CLOCK) -> ChainLink:
         """The gRPC link from node ``k`` of a cluster spec to node ``k + 1``."""
+        from .auth import chain_token
         from .tls import node_client_tls
 
-        transport = GrpcTransport(spec.node(k + 1).address, node_client_tls(spec, spec.node(k)), spec.max_message_bytes)
+        transport = GrpcTransport(
+            spec.node(k + 1).address,
+            node_client_tls(spec, spec.node(k)),
+            spec.max_message_bytes,
+            token=chain_token(spec),
+        )
         return cls(
             transport,
             from_node=k,

@@ -48,5 +48,23 @@ class NodeMetrics:
         ).labels(**lbl)
         self.node = str(node)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(
+        self,
+        port: int,
+        addr: str = "127.0.0.1",
+        *,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        client_cafile: str | None = None,
+    ) -> None:
+        """Serve ``/metrics`` on ``addr:port``; HTTPS with ``certfile``/``keyfile``, and client
+        certificates signed by ``client_cafile`` required when it is given."""
+        start_http_server(
+            port,
+            addr=addr,
+            registry=self.registry,
+            certfile=certfile,
+            keyfile=keyfile,
+            client_cafile=client_cafile,
+            client_auth_required=client_cafile is not None,
+        )

@@ -12,9 +12,11 @@ import contextlib
 import gc
 import logging
 import signal
+from typing import Any
 
 import grpc
 
+from .auth import AccessControl
 from .core import NodeCore
 from .link import channel_options
 from .protos import node_pb2_grpc
@@ -44,7 +46,12 @@ async def serve_node(
 
     node = spec.node(k)
     core = NodeCore(spec, k)
-    server = grpc.aio.server(options=channel_options(spec.max_message_bytes))
+
+    def refused(code: str, reason: str) -> None:
+        core.metrics.rejected.labels(node=core.metrics.node, code=code).inc()
+
+    access = AccessControl(spec, k, on_refusal=refused)
+    server = grpc.aio.server(options=channel_options(spec.max_message_bytes), interceptors=[access])
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     node_pb2_grpc.add_ChainNodeServicer_to_server(ChainNodeServicer(core), server)
@@ -57,7 +64,7 @@ async def serve_node(
     if port == 0:
         raise OSError(f"node {k} could not listen on {node.listen} (port in use or address not local)")
     if node.metrics_port:
-        core.metrics.serve(node.metrics_port)
+        serve_metrics(spec, node, core.metrics)
     await core.start()
     await server.start()
     # ready only once the successor serves (or after SUCCESSOR_WAIT_S): a chain started in any order is
@@ -96,6 +103,23 @@ async def serve_node(
     await server.stop(grace_s)
     await core.close()
     log.info("node %d stopped", k, extra={"event": "stopped", "node": k})
+
+
+def serve_metrics(spec: ClusterSpec, node: Any, metrics: Any) -> None:
+    """The node's Prometheus endpoint on the host the node listens on (not every interface); with
+    [tls], HTTPS with the node's certificate, and with client_auth a scraper certificate of the CA."""
+    host = node.listen.rsplit(":", 1)[0].strip("[]")
+    tls = spec.tls
+    if tls is None or not tls.metrics:
+        metrics.serve(node.metrics_port, host)
+        return
+    metrics.serve(
+        node.metrics_port,
+        host,
+        certfile=str(node.cert),
+        keyfile=str(node.key),
+        client_cafile=str(tls.ca) if tls.client_auth else None,
+    )
 
 
 def run_node(spec: ClusterSpec, k: int, grace_s: float = 10.0) -> None:

@@ -22,6 +22,15 @@ Example (paths are relative to the spec file)::
     client_auth = true                 # mutual TLS: callers must present a certificate signed by ca
     client_cert = "certs/client.pem"   # used by `distree infer` and the cluster tools
     client_key = "certs/client.key"
+    metrics = true                     # /metrics over HTTPS with the node's certificate (default with [tls])
+
+    [access]                           # optional: who may call what (docs/security.md)
+    forward = ["predecessor"]          # with mutual TLS: the identities admitted to Forward (node K-1 on K)
+    info = ["predecessor", "operator"]
+    inference = ["client", "operator"] # ... and to the Open Inference Protocol on node 1
+    token_file = "secrets/chain.token" # without mutual TLS: the shared secret of Forward/Info (mode 600)
+    client_tokens_file = "secrets/clients.tokens"   # bearer tokens accepted for inference, one per line
+    allow_unauthenticated = false      # needed (or TLS, or a token) when nodes listen beyond loopback
 
     [[nodes]]
     address = "127.0.0.1:7001"         # where the previous node (or the client) reaches it
@@ -54,6 +63,7 @@ from .._schema import FormatVersion, FrozenSchema, LocatedError, read_toml, vali
 from ..errors import SpecError
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 _FIX = "see docs/runtime.md for the cluster spec keys"
@@ -94,6 +104,7 @@ class TLSSpec(FrozenSchema):
     client_cert: Path | None = None
     client_key: Path | None = None
     server_name: str | None = None  # override for hostname verification (ssl_target_name_override)
+    metrics: bool = True  # serve /metrics over HTTPS too (with client_auth: scrapers present a CA certificate)
 
     resolve_paths = field_validator("ca", "client_cert", "client_key", mode="before")(_resolve)
 
@@ -159,6 +170,25 @@ class NodeSpec(FrozenSchema):
         return v
 
 
+class AccessSpec(FrozenSchema):
+    """``[access]``: who may call what (see :mod:`distree.runtime.auth` and docs/security.md)."""
+
+    forward: list[Literal["predecessor", "node", "operator", "any"]] = Field(
+        default_factory=lambda: ["predecessor"], min_length=1
+    )
+    info: list[Literal["predecessor", "node", "client", "operator", "any"]] = Field(
+        default_factory=lambda: ["predecessor", "operator"], min_length=1
+    )
+    inference: list[Literal["client", "operator", "node", "any"]] = Field(
+        default_factory=lambda: ["client", "operator"], min_length=1
+    )
+    token_file: Path | None = None  # shared secret of the internal RPCs when there is no mutual TLS
+    client_tokens_file: Path | None = None  # bearer tokens the inference service accepts, one per line
+    allow_unauthenticated: bool = False  # internal RPCs open without TLS or token on non-loopback addresses
+
+    resolve_paths = field_validator("token_file", "client_tokens_file", mode="before")(_resolve)
+
+
 class BatchingSpec(FrozenSchema):
     """``[batching]``: optional dynamic batching, per node."""
 
@@ -183,12 +213,30 @@ class ClusterSpec(FrozenSchema):
     compute_mode: Literal["auto", "inline", "thread"] = "auto"
     inline_compute_ms: float = Field(5.0, ge=0)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    access: AccessSpec = Field(default_factory=AccessSpec)
     backend: Backend = "torch"
     onnx_dir: Path | None = None
     providers: list[str] = Field(default_factory=lambda: ["CPU"], min_length=1)
     _path: Path = PrivateAttr(default_factory=lambda: Path.cwd() / "cluster.toml")
 
     resolve_paths = field_validator("checkpoint", "policy", "onnx_dir", mode="before")(_resolve)
+
+    @model_validator(mode="after")
+    def _protected(self) -> ClusterSpec:
+        """Internal RPCs reachable from other hosts need mutual TLS or a token (or an explicit opt-out)."""
+        a = self.access
+        mtls = self.tls is not None and self.tls.client_auth
+        if mtls or a.token_file is not None or a.allow_unauthenticated:
+            return self
+        exposed = [n.listen for n in self.nodes if n.listen.rsplit(":", 1)[0] not in _LOOPBACK]
+        if exposed:
+            raise LocatedError(
+                f"nodes listen on {', '.join(exposed)} but Forward/Info have no protection: add [tls] with "
+                'client_auth = true (mutual TLS), or [access] token_file = "chain.token" (a shared secret, '
+                "mode 600), or [access] allow_unauthenticated = true on a network you trust",
+                ("access",),
+            )
+        return self
 
     @model_validator(mode="after")
     def _backends(self) -> ClusterSpec:

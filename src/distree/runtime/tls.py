@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +98,10 @@ def _pem_key(k) -> bytes:
     return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _san(hosts: list[str]):
+def _san(hosts: list[str], identity: str | None = None):
     from cryptography import x509
 
-    names: list[x509.GeneralName] = []
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity)] if identity else []
     for h in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(h)))
@@ -110,10 +111,35 @@ def _san(hosts: list[str]):
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> Path:
-    path.write_bytes(data)
+    """Write ``data`` to ``path`` through a temporary file; a private file is created 0600 from the start."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if private:
-        path.chmod(0o600)
+        os.chmod(path, 0o600)  # an umask cannot widen it; this only matters if the file existed
     return path
+
+
+#: The identity a certificate carries, as a URI subject alternative name: ``distree://node/K`` for the
+#: nodes of tier K (every replica of a tier shares it), ``distree://client/NAME`` for inference
+#: clients and ``distree://operator/NAME`` for cluster tools. Servers admit calls by it (see
+#: :mod:`distree.runtime.auth`).
+IDENTITY_SCHEME = "distree"
+ROLES = ("node", "client", "operator")
+
+
+def identity_uri(role: str, name: str | int) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown certificate role {role!r}; use one of {', '.join(ROLES)}")
+    if not str(name) or "/" in str(name):
+        raise ValueError(f"identity name must be non-empty and without '/', got {name!r}")
+    return f"{IDENTITY_SCHEME}://{role}/{name}"
 
 
 def create_dev_ca(out_dir: str | Path, common_name: str = "distree development CA", days: int = 365) -> Path:
@@ -158,9 +184,18 @@ def create_dev_ca(out_dir: str | Path, common_name: str = "distree development C
 
 
 def issue_cert(
-    ca_dir: str | Path, name: str, hosts: list[str], days: int = 365, out_dir: str | Path | None = None
+    ca_dir: str | Path,
+    name: str,
+    hosts: list[str],
+    days: int = 365,
+    out_dir: str | Path | None = None,
+    *,
+    identity: str | None = None,
 ) -> tuple[Path, Path]:
-    """Issue ``<name>.pem`` + ``<name>.key`` signed by the CA in ``ca_dir`` (server and client use)."""
+    """Issue ``<name>.pem`` + ``<name>.key`` signed by the CA in ``ca_dir`` (server and client use).
+
+    ``identity``: the role URI the certificate carries (:func:`identity_uri`), e.g. ``distree://node/2``.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -187,7 +222,7 @@ def issue_cert(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_san(hosts), critical=False)
+        .add_extension(_san(hosts, identity), critical=False)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
@@ -201,13 +236,15 @@ def issue_cert(
 def create_dev_pki(
     out_dir: str | Path, num_nodes: int, hosts: list[str] | None = None, days: int = 365
 ) -> dict[str, Path]:
-    """CA + ``node1..nodeN`` + ``client`` certificates in ``out_dir``. Returns name → certificate path."""
+    """CA + ``node1..nodeN`` + ``client`` + ``operator`` certificates in ``out_dir``, each with its role
+    identity (node K: ``distree://node/K``). Returns name → certificate path."""
     if num_nodes < 1:
         raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
     hosts = hosts or ["127.0.0.1", "localhost"]
     out = create_dev_ca(out_dir, days=days)
     paths = {"ca": out / "ca.pem"}
     for k in range(1, num_nodes + 1):
-        paths[f"node{k}"] = issue_cert(out, f"node{k}", hosts, days)[0]
-    paths["client"] = issue_cert(out, "client", hosts, days)[0]
+        paths[f"node{k}"] = issue_cert(out, f"node{k}", hosts, days, identity=identity_uri("node", k))[0]
+    paths["client"] = issue_cert(out, "client", hosts, days, identity=identity_uri("client", "client"))[0]
+    paths["operator"] = issue_cert(out, "operator", hosts, days, identity=identity_uri("operator", "operator"))[0]
     return paths

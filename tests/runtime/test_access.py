@@ -1,0 +1,197 @@
+"""Who may call what without TLS: the chain's shared token on internal RPCs, bearer tokens for inference,
+and the access rules as a pure decision."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from _rt import running, write_spec
+
+from distree.runtime import ClusterClient, node_info, parse_spec
+from distree.runtime.auth import TOKEN_METADATA, AccessControl
+from distree.runtime.client import make_channel
+from distree.runtime.protos import node_pb2, node_pb2_grpc
+from distree.runtime.spec import SpecError
+
+pytestmark = pytest.mark.xdist_group("runtime-access")
+
+
+def _secret(path: Path, text: str) -> str:
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_plaintext_internal_calls_need_the_chain_token_and_inference_a_bearer_token(rt, tmp_path):
+    access = {
+        "token_file": _secret(tmp_path / "chain.token", "s3cret-chain\n"),
+        "client_tokens_file": _secret(tmp_path / "clients.tokens", "alice-token\nbob-token\n"),
+    }
+    metrics = {k: {"metrics_port": p} for k, p in zip(range(1, 5), _ports(4), strict=True)}
+    spec = write_spec(rt, "tokens", policy=rt.last_exit, access=access, node_extra=metrics)
+    with running(spec):
+        node2 = spec.nodes[1].address
+        with make_channel(node2, None) as ch:
+            stub = node_pb2_grpc.ChainNodeStub(ch)
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.Forward(node_pb2.ForwardRequest(), timeout=10)
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "needs the chain token" in ei.value.details()
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.Forward(node_pb2.ForwardRequest(), timeout=10, metadata=[(TOKEN_METADATA, b"wrong")])
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert node_info(node2, chain_token=b"s3cret-chain").node == 2
+        # the chain itself carries the token: every request runs all four nodes, nothing degraded
+        with ClusterClient(spec.nodes[0].address, token="bob-token") as c:
+            r = c.infer(rt.images[:6])
+        np.testing.assert_array_equal(r.exit_node, 4)
+        assert not r.degraded.any()
+        for token in (None, "mallory"):
+            with ClusterClient(spec.nodes[0].address, token=token) as c, pytest.raises(grpc.RpcError) as ei:
+                c.infer(rt.images[:1])
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # refusals are counted by code
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{spec.nodes[1].metrics_port}/metrics").read().decode()
+        assert 'distree_rejected_total{code="UNAUTHENTICATED",node="2"} 2.0' in text
+        status = subprocess.run(
+            [sys.executable, "-m", "distree", "cluster", "status", "--spec", str(spec.path), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status.returncode == 0, status.stderr
+        assert all(json.loads(line)["serving"] for line in status.stdout.splitlines())
+
+
+def _ports(n: int) -> list[int]:
+    from distree.runtime.cluster import free_ports
+
+    return free_ports(n)
+
+
+def _spec(rt, **extra):
+    base = {"checkpoint": str(rt.checkpoint), "policy": str(rt.policy)}
+    nodes = [{"address": f"127.0.0.1:{7000 + k}"} for k in range(1, 4)]
+    return parse_spec({**base, "nodes": nodes, **extra})
+
+
+def test_exposed_nodes_without_protection_are_refused(rt, tmp_path):
+    nodes = [{"address": f"10.0.0.{k}:7001"} for k in range(1, 3)]
+    base = {"checkpoint": str(rt.checkpoint), "policy": str(rt.policy), "nodes": nodes}
+    with pytest.raises(SpecError) as ei:
+        parse_spec(base, tmp_path / "s.toml")
+    assert "Forward/Info have no protection" in str(ei.value) and "token_file" in str(ei.value)
+    assert parse_spec({**base, "access": {"allow_unauthenticated": True}}).access.allow_unauthenticated
+    token = _secret(tmp_path / "t", "x")
+    assert parse_spec({**base, "access": {"token_file": token}}).access.token_file is not None
+
+
+def test_a_token_file_others_can_read_is_refused(rt, tmp_path):
+    p = tmp_path / "chain.token"
+    p.write_text("x")
+    p.chmod(0o644)
+    spec = _spec(rt, access={"token_file": str(p)})
+    with pytest.raises(SpecError, match="readable by other users"):
+        AccessControl(spec, 2)
+
+
+@pytest.mark.parametrize(
+    ("method", "ids", "meta", "verdict"),
+    [
+        ("/distree.node.v1.ChainNode/Forward", ["distree://node/1"], {}, None),
+        ("/distree.node.v1.ChainNode/Forward", ["distree://node/2"], {}, "PERMISSION_DENIED"),
+        ("/distree.node.v1.ChainNode/Forward", ["distree://client/c"], {}, "PERMISSION_DENIED"),
+        ("/distree.node.v1.ChainNode/Forward", [], {}, "PERMISSION_DENIED"),
+        ("/distree.node.v1.ChainNode/Info", ["distree://operator/ops"], {}, None),
+        ("/inference.GRPCInferenceService/ModelInfer", ["distree://client/c"], {}, None),
+        ("/inference.GRPCInferenceService/ModelInfer", ["distree://node/1"], {}, "PERMISSION_DENIED"),
+        ("/grpc.health.v1.Health/Check", [], {}, None),
+    ],
+)
+def test_access_decisions_with_mutual_tls(rt, tmp_path, method, ids, meta, verdict):
+    from distree.runtime import create_dev_pki
+
+    create_dev_pki(tmp_path / "pki", 3)
+    c = tmp_path / "pki"
+    tls = {"ca": str(c / "ca.pem"), "client_auth": True}
+    base = {"checkpoint": str(rt.checkpoint), "policy": str(rt.policy), "tls": tls}
+    nodes = [
+        {"address": f"10.0.0.{k}:7001", "cert": str(c / f"node{k}.pem"), "key": str(c / f"node{k}.key")}
+        for k in (1, 2, 3)
+    ]
+    acl = AccessControl(parse_spec({**base, "nodes": nodes}), 2)
+    got = acl.decide(method, meta, ids)
+    assert (got[0] if got else None) == verdict, got
+
+
+def test_keys_are_private_from_creation_and_certificates_carry_roles(tmp_path):
+    import os
+
+    from cryptography import x509
+
+    from distree.runtime import create_dev_pki
+
+    old = os.umask(0)
+    try:
+        paths = create_dev_pki(tmp_path, 2)
+    finally:
+        os.umask(old)
+    for name in ("ca", "node1", "node2", "client", "operator"):
+        assert (tmp_path / f"{name}.key").stat().st_mode & 0o777 == 0o600, name
+        assert (tmp_path / f"{name}.pem").stat().st_mode & 0o777 == 0o644, name
+    assert not list(tmp_path.glob(".*.tmp"))
+    want = {"node2": "distree://node/2", "client": "distree://client/client", "operator": "distree://operator/operator"}
+    for name, uri in want.items():
+        cert = x509.load_pem_x509_certificate(paths[name].read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == [uri]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distree",
+            "certs",
+            "issue",
+            "--ca-dir",
+            str(tmp_path),
+            "--name",
+            "edge3",
+            "--host",
+            "10.0.0.3",
+            "--role",
+            "node",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "--role node needs --tier K" in r.stdout + r.stderr
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distree",
+            "certs",
+            "issue",
+            "--ca-dir",
+            str(tmp_path),
+            "--name",
+            "edge3",
+            "--host",
+            "10.0.0.3",
+            "--role",
+            "node",
+            "--tier",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and "distree://node/3" in r.stdout, r.stdout + r.stderr
