@@ -59,11 +59,64 @@ def test_batch_concatenates_chunks_and_maps_rows_back():
         # the first answer of a row wins
         batch.set(0, node_pb2.Answer(request_id="late"))
         assert a.answers[0].request_id == "a0"
-        # chunks with different state keys: the batch carries none
+        # chunks with different state keys never share a batch
         c = _chunk("c", 1, other=np.array([0]))
-        assert Batch.of([a, c], t_start=5.0).state == {}
+        assert a.schema() != c.schema() and a.schema() == b.schema()
+        with pytest.raises(ValueError, match="share their row shape and policy state schema"):
+            Batch.of([a, c], t_start=5.0)
 
     asyncio.run(go())
+
+
+def test_chunks_with_another_state_schema_start_a_batch_of_their_own():
+    async def go():
+        rec = Recorder()
+        b = Batcher(rec, max_batch=8, max_delay_s=0.0, clock=ManualClock())
+        b.start()
+        good = np.array([1], np.int32)
+        chunks = [
+            _chunk("a", 1, run=good),
+            _chunk("b", 1),  # no state: malformed for a policy that carries some
+            _chunk("c", 1, run=good),
+            _chunk("d", 1, run=np.array([1.0])),  # same key, other dtype
+            _chunk("e", 1, run=good),
+        ]
+        b.busy = True  # all five queue up, then one worker pass takes them
+        tasks = [asyncio.ensure_future(b.submit(c)) for c in chunks]
+        await asyncio.sleep(0)
+        b.busy = False
+        b._kick()
+        await asyncio.gather(*tasks)
+        await b.close()
+        return rec.batches
+
+    assert asyncio.run(go()) == [["a0"], ["b0"], ["c0"], ["d0"], ["e0"]]
+
+
+def test_a_refused_chunk_gets_its_error_and_its_batch_mates_their_answers():
+    async def go():
+        async def process(batch: Batch):
+            for j, rid in enumerate(batch.ids):
+                if rid.startswith("bad"):
+                    batch.rows[j][0].fail(ValueError("row is bad"))
+                batch.set(j, node_pb2.Answer(request_id=rid, exit_node=1))
+
+        b = Batcher(process, max_batch=8, max_delay_s=0.0, clock=ManualClock())
+        b.start()
+        b.busy = True
+        chunks = [_chunk("ok", 2), _chunk("bad", 1), _chunk("ok2", 1)]
+        tasks = [asyncio.ensure_future(b.submit(c)) for c in chunks]
+        await asyncio.sleep(0)
+        b.busy = False
+        b._kick()
+        res = await asyncio.gather(*tasks, return_exceptions=True)
+        await b.close()
+        return chunks, res
+
+    chunks, res = asyncio.run(go())
+    assert res[0] is None and res[2] is None and isinstance(res[1], ValueError)
+    assert [a.request_id for a in chunks[0].answers + chunks[2].answers] == ["ok0", "ok1", "ok20"]
+    assert chunks[1].answers == [None]
 
 
 def test_queued_chunks_share_batches_of_whole_chunks_oldest_first():

@@ -30,6 +30,7 @@ import numpy as np
 
 from .clock import SYSTEM_CLOCK, Clock
 from .estimates import Ewma
+from .logs import RepeatedErrors
 from .protos import node_pb2
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,29 @@ class Chunk:
     compute_s: float = 0.0
     downstream_s: float = 0.0
     cancelled: bool = False
+    error: Exception | None = None  # the chunk was refused (bad input found while computing)
 
     def __post_init__(self) -> None:
         self.answers = [None] * len(self.ids)
         self.pending = len(self.ids)
 
+    def schema(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """What a batch must share with this chunk: the row shape and the policy state's keys, row shapes
+        and dtypes (a chunk carrying other state never joins the batch, so it cannot spoil its rows)."""
+        return (("", tuple(self.x.shape[1:]), self.x.dtype.str),) + tuple(
+            sorted((k, tuple(v.shape[1:]), v.dtype.str) for k, v in self.state.items())
+        )
+
+    def fail(self, e: Exception) -> None:
+        """Refuse the whole chunk with ``e`` (its caller gets the error; its rows get no answers)."""
+        if self.error is None:
+            self.error = e
+            if not self.fut.done():
+                self.fut.set_exception(e)
+
     def set(self, i: int, ans: node_pb2.Answer) -> None:
-        """Answer row ``i`` (the first answer of a row wins)."""
-        if self.answers[i] is None:
+        """Answer row ``i`` (the first answer of a row wins; a refused chunk takes none)."""
+        if self.error is None and self.answers[i] is None:
             self.answers[i] = ans
             self.pending -= 1
             if self.pending == 0 and not self.fut.done():
@@ -72,7 +88,7 @@ class Batch:
     chunks: list[Chunk]
     ids: list[str]
     x: np.ndarray
-    state: dict[str, np.ndarray]  # concatenated when every chunk carries the same keys, else empty
+    state: dict[str, np.ndarray]  # the chunks' states concatenated (every chunk has the same schema)
     deadline: list[float]
     rows: list[tuple[Chunk, int]]  # row j of the batch is row rows[j][1] of chunk rows[j][0]
     t_start: float  # when the batch was taken from the queue (monotonic)
@@ -86,9 +102,10 @@ class Batch:
             ids += c.ids
             deadline += c.deadline
             rows += zip(repeat(c), range(len(c.ids)))
-        keys = chunks[0].state.keys()
-        same = all(c.state.keys() == keys for c in chunks)
-        state = {k: _cat([c.state[k] for c in chunks]) for k in keys} if same else {}
+        schema = chunks[0].schema()
+        if any(c.schema() != schema for c in chunks[1:]):
+            raise ValueError("chunks of one batch must share their row shape and policy state schema")
+        state = {k: _cat([c.state[k] for c in chunks]) for k in chunks[0].state}
         return cls(chunks, ids, _cat([c.x for c in chunks]), state, deadline, rows, t_start)
 
     def __len__(self) -> int:
@@ -127,6 +144,7 @@ class Batcher:
         self.est_queue = Ewma(0.2)  # seconds a chunk waits before its batch starts
         self._wake: asyncio.Future | None = None  # the worker waits on it for queued rows
         self._tasks: set[asyncio.Task] = set()
+        self.errors = RepeatedErrors(log, "batch failed", event="batch_error")
 
     def start(self) -> None:
         """Start the worker (needs a running event loop)."""
@@ -149,11 +167,13 @@ class Batcher:
             if self.max_batch == 1 and not self.busy and not self.queue:
                 try:
                     fwd = await self._run([chunk])
-                except Exception:
-                    log.exception("batch failed", extra={"event": "batch_error"})
+                except Exception as e:
+                    self.errors.log(e)
                     raise
                 if fwd is not None:
                     await fwd
+                if chunk.error is not None:
+                    raise chunk.error
             else:
                 self.queue.append(chunk)
                 self._kick()
@@ -201,9 +221,12 @@ class Batcher:
         q = self.queue
         batch = [q.popleft()]
         n = len(batch[0].ids)
+        schema = batch[0].schema()
         until = batch[0].t_in + self.max_delay_s
         while n < self.max_batch:
             if q:
+                if q[0].schema() != schema:  # it starts the next batch (arrival order is kept)
+                    break
                 batch.append(q.popleft())
                 n += len(batch[-1].ids)
                 continue
@@ -222,7 +245,7 @@ class Batcher:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - a failed batch must not stop the node
-                log.exception("batch failed", extra={"event": "batch_error"})
+                self.errors.log(e)
                 for c in batch:
                     if not c.fut.done():
                         c.fut.set_exception(e)

@@ -38,6 +38,7 @@ from .metrics import NodeMetrics
 from .node_model import open_node_model, torch_node_model
 from .protos import node_pb2
 from .spec import ClusterSpec
+from .tensors import BadTensor
 
 
 class NodeCore:
@@ -207,11 +208,17 @@ class NodeCore:
             extra = self.emulated_s(batch.t_start - self.t0, real, nb) - real
             if extra > 0:
                 await self.clock.sleep(extra)
+        self._refuse_non_finite(batch, logits)
         inp = ExitInputs(node=self.k - 1, logits=logits, features=feats, state=batch.state)
         if not self.is_last and min(batch.deadline) < math.inf:  # no deadline, no QoS rule
             inp.remaining_s = np.asarray(batch.deadline) - (self.margin + self.clock.monotonic())
             inp.continue_s = self.est_continue()
-        dec = self.policy.decide(inp)
+        try:
+            dec = self.policy.decide(inp)
+        except ValueError as e:  # the callers' policy state does not fit the policy: refuse them, not the node
+            for c in batch.chunks:
+                c.fail(BadTensor(str(e)))
+            return None
         exits = np.asarray(dec.exit, dtype=bool).tolist()
         qos = np.asarray(dec.qos, dtype=bool).tolist()
         scores = np.asarray(dec.scores, dtype=np.float64)
@@ -241,6 +248,8 @@ class NodeCore:
                 batch.set(j, self._answer(batch.ids[j], plist[j], slist[j], reason))
         else:
             go = list(range(nb))
+        if any(c.error is not None for c in batch.chunks):  # refused rows go nowhere
+            go = [j for j in go if batch.rows[j][0].error is None]
         if not go:
             return None
         state, deadline = dec.state or {}, batch.deadline
@@ -250,6 +259,20 @@ class NodeCore:
             state = {key: v[gi] for key, v in state.items()}
             deadline = [deadline[j] for j in go]
         return self._forward(batch, go, h, state, deadline, logits, scores)
+
+    def _refuse_non_finite(self, batch: Batch, logits: np.ndarray) -> None:
+        """Refuse every request with a row whose logits are not finite (never answer NaN with OK)."""
+        finite = np.isfinite(logits).all(axis=1)
+        if finite.all():
+            return
+        for j in np.flatnonzero(~finite).tolist():
+            c, i = batch.rows[j]
+            c.fail(
+                BadTensor(
+                    f"row {i} of the request makes node {self.k} compute non-finite logits: its input is out of "
+                    "the range the model was trained on; send images normalised as the checkpoint says"
+                )
+            )
 
     async def _forward(
         self,

@@ -42,3 +42,32 @@ def configure(level: int = logging.INFO, json_lines: bool = True, static: dict[s
     root = logging.getLogger()
     root.handlers[:] = [h]
     root.setLevel(level)
+
+
+class RepeatedErrors:
+    """Logs an error once per kind, then at its 2nd, 4th, 8th, ... repeat with the count, so a caller
+    sending the same bad request in a loop cannot flood the log. A traceback only for errors that are
+    not the caller's (anything but ValueError / its subclasses, which name the caller's mistake)."""
+
+    def __init__(self, logger: logging.Logger, what: str, *, event: str) -> None:
+        self.logger = logger
+        self.what = what
+        self.event = event
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def log(self, e: BaseException, key: str | None = None) -> int:
+        k = (type(e).__name__, key if key is not None else str(e)[:200])
+        n = self.counts.get(k, 0) + 1
+        if len(self.counts) < 10_000 or k in self.counts:
+            self.counts[k] = n
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...
+            self.logger.warning(
+                "%s: %s: %s%s",
+                self.what,
+                type(e).__name__,
+                e,
+                f" ({n} times so far)" if n > 1 else "",
+                exc_info=None if isinstance(e, ValueError) else e,
+                extra={"event": self.event, "count": n},
+            )
+        return n

@@ -70,7 +70,12 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
         deadline = arrival_deadlines(
             request.deadline_unix_s, context.time_remaining(), rows=len(ids), now=clock.monotonic(), wall=clock.wall()
         )
-        chunk = await core.submit(ids, x, state, deadline)
+        try:
+            chunk = await core.submit(ids, x, state, deadline)
+        except BadTensor as e:  # found while computing (non-finite output, a state the policy cannot use)
+            core.metrics.rejected.labels(node=core.metrics.node, code="INVALID_ARGUMENT").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise  # unreachable: abort raises
         return node_pb2.ForwardResponse(
             answers=chunk.answers,
             compute_s=chunk.compute_s,
