@@ -195,3 +195,23 @@ def test_keys_are_private_from_creation_and_certificates_carry_roles(tmp_path):
         text=True,
     )
     assert r.returncode == 0 and "distree://node/3" in r.stdout, r.stdout + r.stderr
+
+
+def test_bytes_that_are_not_a_message_get_invalid_argument(rt, tmp_path):
+    import os
+
+    spec = write_spec(rt, "garbage", policy=rt.last_exit)
+    with running(spec):
+        for address, method in (
+            (spec.nodes[1].address, "/distree.node.v1.ChainNode/Forward"),
+            (spec.nodes[0].address, "/inference.GRPCInferenceService/ModelInfer"),
+        ):
+            with make_channel(address, None) as ch:
+                rpc = ch.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+                for data in (os.urandom(200), b"\xff" * 64):
+                    with pytest.raises(grpc.RpcError) as ei:
+                        rpc(data, timeout=10)
+                    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, ei.value.details())
+                    assert "not a valid protobuf message" in ei.value.details()
+        with ClusterClient(spec.nodes[0].address) as c:  # still serving
+            assert int(c.infer(rt.images[:1]).exit_node[0]) == 4

@@ -1,4 +1,5 @@
-"""Who may call what: a server interceptor that admits each RPC by the caller's identity or token.
+"""Who may call what: a server interceptor that admits each RPC by the caller's identity or token
+(and refuses requests that are not valid messages with INVALID_ARGUMENT).
 
 Identities come from certificates (mutual TLS): the URI subject alternative name of
 :func:`~distree.runtime.tls.identity_uri` — ``distree://node/K`` for the nodes of tier K,
@@ -163,21 +164,29 @@ class AccessControl(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         service = details.method.lstrip("/").partition("/")[0]
-        if handler is None or not self._guards(service):
+        if handler is None or service not in (CHAIN_SERVICE, INFERENCE_SERVICE):
             return handler
+        if not self._guards(service):
+            return _guarded(handler, None, self._malformed)
         metadata = {
             m.key: m.value if isinstance(m.value, bytes) else m.value.encode()
             for m in details.invocation_metadata or ()
         }
-        return _guarded(handler, lambda ctx: self._check(details.method, metadata, ctx))
+        return _guarded(handler, lambda ctx: self._check(details.method, metadata, ctx), self._malformed)
 
     def _guards(self, service: str) -> bool:
-        """Whether calls of ``service`` need checking at all (everything is open on a trusted loopback)."""
+        """Whether calls of ``service`` need an access check (everything is open on a trusted loopback)."""
         if service == CHAIN_SERVICE:
             return not self.internal_open
         if service == INFERENCE_SERVICE:
             return bool(self.client_tokens) or (self.mtls and "any" not in self.spec.access.inference)
         return False
+
+    async def _malformed(self, e: Malformed, context: grpc.aio.ServicerContext) -> None:
+        reason = f"the request is not a valid protobuf message ({e.error}); send it with the service's own stubs"
+        if self.on_refusal is not None:
+            self.on_refusal("INVALID_ARGUMENT", reason)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
 
     async def _check(self, method: str, metadata: dict[str, bytes], context: grpc.aio.ServicerContext) -> None:
         verdict = self.decide(method, metadata, caller_identities(context))
@@ -187,17 +196,53 @@ class AccessControl(grpc.aio.ServerInterceptor):
             await context.abort(getattr(grpc.StatusCode, code), reason)
 
 
-def _guarded(handler: grpc.RpcMethodHandler, check: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
-    """``handler`` with ``await check(context)`` before its behaviour runs."""
-    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+class Malformed:
+    """What a request that does not parse becomes: the handler refuses it with INVALID_ARGUMENT
+    (gRPC itself would answer UNKNOWN and log a traceback)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _safe(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as e:  # noqa: BLE001 - DecodeError and friends: the caller's bytes are not a message
+            return Malformed(e)
+
+    return parse
+
+
+def _guarded(
+    handler: grpc.RpcMethodHandler,
+    check: Callable[[Any], Any] | None,
+    malformed: Callable[[Malformed, Any], Any],
+) -> grpc.RpcMethodHandler:
+    """``handler`` whose unary requests that do not parse are refused, with ``await check(context)``
+    (when given) before its behaviour runs. Streamed requests keep the handler's own parsing."""
+    ser = handler.response_serializer
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         async def uu(request: Any, context: Any) -> Any:
-            await check(context)
+            if check is not None:
+                await check(context)
+            if isinstance(request, Malformed):
+                await malformed(request, context)
             return await inner_uu(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(uu, **kw)
+        return grpc.unary_unary_rpc_method_handler(
+            uu, request_deserializer=_safe(handler.request_deserializer), response_serializer=ser
+        )
+    if check is None:
+        return handler
+    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": ser}
     if handler.stream_stream is not None:
         inner_ss = handler.stream_stream
 
