@@ -24,7 +24,17 @@ import grpc
 from google.protobuf import json_format
 
 from .dataplane import DataPlane
-from .oip import INPUT, OUTPUTS, BadRequest, InferRequest, InferResponse, InputTensor, OipError, RequestedOutput
+from .oip import (
+    INPUT,
+    OUTPUTS,
+    BadRequest,
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    NotFound,
+    OipError,
+    RequestedOutput,
+)
 from .protos import kserve_v2_pb2 as pb
 
 if TYPE_CHECKING:
@@ -175,9 +185,10 @@ class KServeServicer:
     async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
         arrival = self.core.clock.monotonic()
         try:
+            self.plane.resolve(request.model_name, request.model_version)  # an unknown model is NOT_FOUND first
             req = to_request(request)
         except OipError as e:
-            self.plane.reject(e, arrival, request.id, model_known=request.model_name == self.name)
+            self.plane.reject(e, arrival, request.id, model_known=not isinstance(e, NotFound))
             raise
         return to_response(await self.plane.infer(req, arrival=arrival, time_remaining=time_remaining))
 
