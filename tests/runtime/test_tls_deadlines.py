@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,12 @@ def test_http_over_mutual_tls(rt, tls_cluster):
     r = requests.post(f"{url}/v2/models/distree/infer", json=body, timeout=30, **mine)
     assert r.status_code == 200
     assert {o["name"]: o["data"] for o in r.json()["outputs"]}["EXIT_NODE"] == [4, 4]  # every hop over mutual TLS
+    # the deadline parameters work over HTTP too: node 4 is far too slow for 60 ms, an earlier node answers
+    for params in ({"timeout": 60_000}, {"deadline_unix_us": int((time.time() + 0.06) * 1e6)}):
+        r = requests.post(f"{url}/v2/models/distree/infer", json={**body, "parameters": params}, timeout=30, **mine)
+        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        assert r.status_code == 200 and max(out["EXIT_NODE"]) < 4 and all(out["DEGRADED"]), (params, r.json())
+        assert set(r.json()["parameters"]["degraded_reasons"].split(",")) <= {"deadline", "successor-timeout"}
     other = {
         "verify": str(certs / "ca.pem"),
         "cert": (str(d / "other" / "client.pem"), str(d / "other" / "client.key")),
