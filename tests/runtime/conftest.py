@@ -66,15 +66,17 @@ def _distree(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def main_cluster(rt: Artifacts) -> Iterator[ClusterSpec]:
-    """4 nodes, confidence policy, dynamic batching; started and stopped with the CLI
+    """4 nodes, confidence policy, dynamic batching, HTTP/REST on node 1; started and stopped with the CLI
     (`distree cluster up --detach` / `distree cluster down`). Shared by the protocol, acceptance and
     validation tests."""
-    metrics = {k + 1: {"metrics_port": p} for k, p in enumerate(free_ports(4))}  # Prometheus endpoints
+    *ports, http_port = free_ports(5)
+    metrics = {k + 1: {"metrics_port": p} for k, p in enumerate(ports)}  # Prometheus endpoints
     spec = write_spec(
         rt,
         "main",
         node_extra=metrics,
         max_message_bytes=1 << 20,
+        http_port=http_port,  # the Open Inference Protocol over HTTP/REST too
         batching={"max_batch_size": 8, "max_queue_delay_ms": 2.0},
     )
     try:

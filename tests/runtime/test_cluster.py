@@ -118,8 +118,6 @@ def _bad_requests(rt) -> dict[str, tuple[pb.ModelInferRequest, str]]:
     r = build_request(x)
     r.raw_input_contents[0] = r.raw_input_contents[0] + b"\0" * 3
     out["extra bytes"] = (r, "too long")
-    r = build_request(x, model_name="resnet")
-    out["unknown model"] = (r, "unknown model")
     bad = x.astype(np.float32)
     bad[0, 0, 0, 0] = np.nan
     bad[1, 0, 1, 1] = np.inf
@@ -158,6 +156,13 @@ def test_malformed_requests_get_clear_errors_and_node_keeps_serving(rt, main_clu
             assert needle.lower() in ei.value.details().lower(), (name, ei.value.details())
             ok = infer(_good(rt), timeout=10)  # the node still serves
             assert len(ok.outputs) == 4, name
+        one = rt.images[:1]
+        unknown = build_request(one, model_name="resnet"), build_request(one)
+        unknown[1].model_version = "2"
+        for req, needle in zip(unknown, ("unknown model", "no version '2'"), strict=True):
+            with pytest.raises(grpc.RpcError) as ei:
+                infer(req, timeout=10)
+            assert ei.value.code() == grpc.StatusCode.NOT_FOUND and needle in ei.value.details()
         # oversized message: over the 1 MiB limit of this cluster's spec
         big = build_request(np.zeros((1024, 1, 8, 8), np.float32))
         big.raw_input_contents.append(b"\0" * (2 << 20))
@@ -217,7 +222,9 @@ def test_fuzz_request_fields(rt, main_cluster, model, version, dtype, shape, nby
             resp = infer(req, timeout=20)
             assert len(resp.outputs) == (len(outputs) or 4)
         except grpc.RpcError as e:
-            assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED), e.details()
+            ok = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            assert e.code() in ok, e.details()
+            assert (e.code() == grpc.StatusCode.NOT_FOUND) == (model != "distree" or version == "2"), e.details()
         assert len(infer(_good(rt), timeout=20).outputs) == 4
 
 

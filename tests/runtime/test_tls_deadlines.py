@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from _rt import running, write_spec
 
 from distree.runtime import ClientTLS, ClusterClient, create_dev_pki, node_info, spec_client_tls
 from distree.runtime.cluster import free_ports
+from distree.runtime.rest import http_url
 from distree.runtime.spec import ClusterSpec
 
 pytestmark = pytest.mark.xdist_group("runtime-tls")
@@ -33,7 +35,7 @@ def tls_cluster(rt, tmp_path_factory) -> Iterator[tuple[ClusterSpec, Path]]:
     # node 4 emulates a device 500x slower than this CPU: the whole chain takes far longer than nodes 1-3
     extra[4]["speed"] = {"kind": "constant", "factor": 0.002}
     extra[2]["metrics_port"] = free_ports(1)[0]
-    spec = write_spec(rt, "mtls", policy=rt.last_exit, tls=tls, node_extra=extra)
+    spec = write_spec(rt, "mtls", policy=rt.last_exit, tls=tls, node_extra=extra, http_port=free_ports(1)[0])
     with running(spec):
         yield spec, d
 
@@ -60,6 +62,37 @@ def test_mutual_tls_round_trip_and_refusals(rt, tls_cluster):
         c.infer(rt.images[:1], rpc_timeout_s=10)
     with pytest.raises(grpc.RpcError):  # node 2 refuses a caller without a certificate, too
         node_info(spec.nodes[1].address, tls=ClientTLS(ca=ca))
+
+
+def test_http_over_mutual_tls(rt, tls_cluster):
+    import requests
+
+    spec, d = tls_cluster
+    url, certs = http_url(spec), d / "certs"
+    assert url.startswith("https://")
+    mine = {"verify": str(certs / "ca.pem"), "cert": (str(certs / "client.pem"), str(certs / "client.key"))}
+    assert requests.get(f"{url}/v2/health/ready", timeout=10, **mine).json() == {"ready": True}
+    x = rt.images[:2]
+    body = {"inputs": [{"name": "INPUT", "datatype": "UINT8", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    r = requests.post(f"{url}/v2/models/distree/infer", json=body, timeout=30, **mine)
+    assert r.status_code == 200
+    assert {o["name"]: o["data"] for o in r.json()["outputs"]}["EXIT_NODE"] == [4, 4]  # every hop over mutual TLS
+    # the deadline parameters work over HTTP too: node 4 is far too slow for 60 ms, an earlier node answers
+    for params in ({"timeout": 60_000}, {"deadline_unix_us": int((time.time() + 0.06) * 1e6)}):
+        r = requests.post(f"{url}/v2/models/distree/infer", json={**body, "parameters": params}, timeout=30, **mine)
+        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        assert r.status_code == 200 and max(out["EXIT_NODE"]) < 4 and all(out["DEGRADED"]), (params, r.json())
+        assert set(r.json()["parameters"]["degraded_reasons"].split(",")) <= {"deadline", "successor-timeout"}
+    other = {
+        "verify": str(certs / "ca.pem"),
+        "cert": (str(d / "other" / "client.pem"), str(d / "other" / "client.key")),
+    }
+    for why, kw in {"no client certificate": {"verify": str(certs / "ca.pem")}, "another CA": other}.items():
+        with pytest.raises(requests.exceptions.RequestException):
+            requests.get(f"{url}/v2/health/ready", timeout=10, **kw)
+            pytest.fail(f"{why}: accepted")
+    with pytest.raises(requests.exceptions.RequestException):  # plaintext against the TLS port
+        requests.get(url.replace("https://", "http://") + "/v2/health/ready", timeout=10)
 
 
 def test_deadline_shorter_than_the_chain_gets_an_earlier_exit_in_time(rt, tls_cluster):

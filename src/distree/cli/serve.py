@@ -78,6 +78,10 @@ def cluster_up(
         t.add_row(str(n.segment), str(cluster.procs[n.segment].pid), n.address, metrics, role)
     console.print(t)
     console.print(Text.assemble(f"model {s.model_name!r} at ", (s.nodes[0].address, "bold")))
+    if s.http_port:
+        from ..runtime.rest import http_url
+
+        console.print(Text.assemble("HTTP/REST at ", (http_url(s), "bold")))
     if detach:
         console.print(f"pids in {s.pid_file}; stop with `distree cluster down --spec {spec}`")
         return

@@ -17,7 +17,12 @@ One node, by job:
 - :mod:`.fake`: an in-process successor (``FakeLink``) for tests without sockets;
 - :mod:`.clock`: injectable time (``Clock``, ``ManualClock``);
 - :mod:`.servicer`: the node-to-node service ``ChainNode`` (``Forward``, ``Info``);
-- :mod:`.kserve`: the Open Inference Protocol (KServe v2) on node 1;
+- :mod:`.dataplane`: node 1's Open Inference Protocol data plane (validation, deadlines, inference,
+  classification, metadata, model configuration, statistics), shared by both transports;
+- :mod:`.oip`: the protocol's requests, responses and errors, independent of the transport;
+- :mod:`.kserve`: the protocol over gRPC (KServe v2 and Triton's extensions, streaming);
+- :mod:`.rest`, :mod:`.rest_codec`: the protocol over HTTP/REST (aiohttp; binary tensor data);
+- :mod:`.stats`: statistics with Triton's field names and Triton-named Prometheus metrics;
 - :mod:`.server`: the node process (server, health, metrics, signals, drain);
 - :mod:`.estimates`, :mod:`.metrics`, :mod:`.tensors`, :mod:`.logs`: EWMAs, Prometheus metrics,
   tensors on the wire, JSON logs.

@@ -1,5 +1,6 @@
-"""The process of node K: the gRPC server (ChainNode, health, and the Open Inference Protocol on node 1),
-TLS, the Prometheus metrics endpoint, signals, and the drain on shutdown.
+"""The process of node K: the gRPC server (ChainNode, health, and the Open Inference Protocol on node 1,
+also over HTTP/REST when the spec sets ``http_port``), TLS, the Prometheus metrics endpoint, signals,
+and the drain on shutdown.
 
 ``distree serve --spec S --node K`` runs :func:`run_node`; :func:`serve_node` is the same as a
 coroutine (for an event loop of the caller's, with ``ready``/``stop`` events).
@@ -42,6 +43,7 @@ async def serve_node(
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_health.v1.health import aio as health_aio
 
+    from .dataplane import DataPlane
     from .kserve import SERVICE, KServeServicer
 
     node = spec.node(k)
@@ -56,8 +58,10 @@ async def serve_node(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     node_pb2_grpc.add_ChainNodeServicer_to_server(ChainNodeServicer(core), server)
     services = ["", "distree.node.v1.ChainNode"]
+    plane = rest = None
     if k == 1:
-        KServeServicer(core).register(server)
+        plane = DataPlane(core)  # one data plane behind both transports
+        KServeServicer(core, plane).register(server)
         services.append(SERVICE)
     creds = server_credentials(spec, node)
     port = server.add_secure_port(node.listen, creds) if creds else server.add_insecure_port(node.listen)
@@ -77,6 +81,13 @@ async def serve_node(
             SUCCESSOR_WAIT_S,
             extra={"event": "successor_missing", "node": k},
         )
+    if plane is not None:
+        plane.ready = True
+        if spec.http_port:
+            from .rest import RestServer
+
+            rest = RestServer(plane, spec, grace_s=grace_s)
+            await rest.start()
     # everything allocated so far (model, modules, imports) lives as long as the process: keep it out of
     # the garbage collector's passes, so collections during requests only look at per-request objects
     gc.collect()
@@ -88,7 +99,13 @@ async def serve_node(
         k,
         k,
         node.listen,
-        extra={"event": "serving", "node": k, "listen": node.listen, "tls": spec.tls is not None},
+        extra={
+            "event": "serving",
+            "node": k,
+            "listen": node.listen,
+            "tls": spec.tls is not None,
+            "http_port": spec.http_port if k == 1 else 0,
+        },
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,8 +116,10 @@ async def serve_node(
         ready.set()
     await stop.wait()
     log.info("node %d draining", k, extra={"event": "draining", "node": k})
+    if plane is not None:
+        plane.ready = False  # new requests get UNAVAILABLE / 503; those in flight finish
     await health.enter_graceful_shutdown()
-    await server.stop(grace_s)
+    await asyncio.gather(server.stop(grace_s), rest.stop() if rest is not None else asyncio.sleep(0))
     await core.close()
     log.info("node %d stopped", k, extra={"event": "stopped", "node": k})
 

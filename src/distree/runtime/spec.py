@@ -12,6 +12,7 @@ Example (paths are relative to the spec file)::
     max_request_batch = 1024           # largest batch one ModelInfer call may carry
     compute_mode = "auto"              # inline | thread | auto: inline when a batch takes <= inline_compute_ms
     inline_compute_ms = 5.0
+    http_port = 8000                   # optional: the Open Inference Protocol over HTTP/REST on node 1 (0/absent: off)
 
     [batching]                         # optional dynamic batching, per node
     max_batch_size = 8
@@ -212,6 +213,7 @@ class ClusterSpec(FrozenSchema):
     max_request_batch: int = Field(1024, ge=1)
     compute_mode: Literal["auto", "inline", "thread"] = "auto"
     inline_compute_ms: float = Field(5.0, ge=0)
+    http_port: int = Field(0, ge=0, le=65535)  # node 1's HTTP/REST endpoint, on node 1's listen host; 0: off
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     access: AccessSpec = Field(default_factory=AccessSpec)
     backend: Backend = "torch"
