@@ -34,8 +34,21 @@ def test_plaintext_internal_calls_need_the_chain_token_and_inference_a_bearer_to
         "client_tokens_file": _secret(tmp_path / "clients.tokens", "alice-token\nbob-token\n"),
     }
     metrics = {k: {"metrics_port": p} for k, p in zip(range(1, 5), _ports(4), strict=True)}
-    spec = write_spec(rt, "tokens", policy=rt.last_exit, access=access, node_extra=metrics)
+    http_port = _ports(1)[0]
+    spec = write_spec(rt, "tokens", policy=rt.last_exit, access=access, node_extra=metrics, http_port=http_port)
     with running(spec):
+        import requests
+
+        x = rt.images[:2]
+        body = {"inputs": [{"name": "INPUT", "datatype": "UINT8", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        url = f"http://127.0.0.1:{http_port}/v2/models/distree/infer"
+        r = requests.post(url, json=body, timeout=30)
+        assert (
+            r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer" and "bearer token" in r.json()["error"]
+        )
+        r = requests.post(url, json=body, timeout=30, headers={"Authorization": "Bearer alice-token"})
+        assert r.status_code == 200, r.text
+        assert requests.get(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=10).status_code == 200
         node2 = spec.nodes[1].address
         with make_channel(node2, None) as ch:
             stub = node_pb2_grpc.ChainNodeStub(ch)
@@ -61,6 +74,8 @@ def test_plaintext_internal_calls_need_the_chain_token_and_inference_a_bearer_to
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{spec.nodes[1].metrics_port}/metrics").read().decode()
         assert 'distree_rejected_total{code="UNAUTHENTICATED",node="2"} 2.0' in text
+        text1 = urllib.request.urlopen(f"http://127.0.0.1:{spec.nodes[0].metrics_port}/metrics").read().decode()
+        assert 'distree_rejected_total{code="UNAUTHENTICATED",node="1"} 3.0' in text1  # 1 HTTP + 2 gRPC
         status = subprocess.run(
             [sys.executable, "-m", "distree", "cluster", "status", "--spec", str(spec.path), "--json"],
             capture_output=True,
@@ -215,3 +230,21 @@ def test_bytes_that_are_not_a_message_get_invalid_argument(rt, tmp_path):
                     assert "not a valid protobuf message" in ei.value.details()
         with ClusterClient(spec.nodes[0].address) as c:  # still serving
             assert int(c.infer(rt.images[:1]).exit_node[0]) == 4
+
+
+def test_inputs_far_outside_the_normalised_range_are_refused(rt, tmp_path):
+    spec = write_spec(rt, "range", policy=rt.last_exit)
+    from distree.checkpoint import read_sidecar
+
+    norm = read_sidecar(rt.checkpoint)["normalization"]
+    m = np.asarray(norm["mean"], np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(norm["std"], np.float32).reshape(1, -1, 1, 1)
+    good = ((rt.images[:2].astype(np.float32) / 255 - m) / s).astype(np.float32)
+    with running(spec), ClusterClient(spec.nodes[0].address) as c:
+        assert (c.infer(good).exit_node == 4).all()
+        for bad in (np.full_like(good, 3e38), np.full_like(good, -1e6)):
+            with pytest.raises(grpc.RpcError) as ei:
+                c.infer(bad)
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "outside" in ei.value.details() and "normalised" in ei.value.details()
+        assert (c.infer(good).exit_node == 4).all()

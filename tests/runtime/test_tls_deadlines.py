@@ -93,6 +93,11 @@ def test_http_over_mutual_tls(rt, tls_cluster):
             pytest.fail(f"{why}: accepted")
     with pytest.raises(requests.exceptions.RequestException):  # plaintext against the TLS port
         requests.get(url.replace("https://", "http://") + "/v2/health/ready", timeout=10)
+    # roles hold over HTTP too: a node's certificate cannot use the inference service
+    node = {"verify": str(certs / "ca.pem"), "cert": (str(certs / "node2.pem"), str(certs / "node2.key"))}
+    r = requests.post(f"{url}/v2/models/distree/infer", json=body, timeout=30, **node)
+    assert r.status_code == 403 and "not distree://node/2" in r.json()["error"]
+    assert requests.get(f"{url}/v2/health/ready", timeout=10, **node).status_code == 200
 
 
 def test_deadline_shorter_than_the_chain_gets_an_earlier_exit_in_time(rt, tls_cluster):

@@ -34,6 +34,7 @@ from .oip import (
     parse,
 )
 from .stats import ModelStats, TritonCollector
+from .tensors import BadTensor
 
 if TYPE_CHECKING:
     from .core import NodeCore
@@ -163,6 +164,7 @@ class DataPlane:
                 num_classes=core.num_classes,
                 normalization=core.sidecar.get("normalization"),
             )
+            check_range(p.x, core.sidecar.get("normalization"))
         except OipError as e:
             self.reject(e, arrival, req.id)
             raise
@@ -178,7 +180,12 @@ class DataPlane:
         if time_remaining is not None:
             dl = min(dl, now + time_remaining - core.margin)
         b = p.x.shape[0]
-        chunk = await core.submit(core.next_ids(b), p.x, {}, [dl] * b)
+        try:
+            chunk = await core.submit(core.next_ids(b), p.x, {}, [dl] * b)
+        except BadTensor as e:  # found while computing (a row the network turns into non-finite logits)
+            err = BadRequest(str(e))
+            self.reject(err, arrival, req.id)
+            raise err from None
         answered = clock.monotonic()
         answers = chunk.answers
         degraded = [a.degraded for a in answers]
@@ -215,6 +222,36 @@ class DataPlane:
         infer_s = max(answered - chunk.t_in - chunk.queue_s, 0.0)
         self.stats.succeeded(b, done - arrival, chunk.queue_s, now - arrival, infer_s, done - answered)
         return resp
+
+
+#: how far outside the normalised pixel range [(0 - mean) / std, (1 - mean) / std] an input may go, in
+#: multiples of that range's width (other preprocessing, augmentation); without normalisation, |x| <= this
+RANGE_SLACK = 1.0
+UNNORMALISED_LIMIT = 1e4
+
+
+def check_range(x: np.ndarray, normalization: dict[str, list[float]] | None) -> None:
+    """Refuse inputs far outside what the model was trained on: they drive activations to inf/NaN."""
+    if normalization and x.ndim == 4 and x.shape[1] == len(normalization["mean"]):
+        m = np.asarray(normalization["mean"], np.float32)
+        sd = np.asarray(normalization["std"], np.float32)
+        lo, hi = (0 - m) / sd, (1 - m) / sd
+        w = (hi - lo) * RANGE_SLACK
+        lo, hi = lo - w, hi + w
+        xmin, xmax = x.min(axis=(0, 2, 3)), x.max(axis=(0, 2, 3))
+        if (xmin < lo).any() or (xmax > hi).any():
+            c = int(np.flatnonzero((xmin < lo) | (xmax > hi))[0])
+            raise BadRequest(
+                f"input channel {c} holds values in [{xmin[c]:.4g}, {xmax[c]:.4g}], outside [{lo[c]:.4g}, "
+                f"{hi[c]:.4g}]: FP32 input must be images normalised as (x / 255 - mean) / std with the "
+                "checkpoint's mean and std (or send UINT8 pixels)"
+            )
+        return
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if peak > UNNORMALISED_LIMIT:
+        raise BadRequest(
+            f"input holds values up to {peak:.4g} in magnitude (> {UNNORMALISED_LIMIT:g}); send normalised input"
+        )
 
 
 __all__ = ["VERSION", "BadRequest", "DataPlane", "NotFound", "OipError", "Unavailable"]

@@ -80,9 +80,17 @@ class RestServer:
         self.grace_s = grace_s
         self.max_body = spec.max_message_bytes
         self._runner: web.AppRunner | None = None
+        from .auth import AccessControl
+
+        core = plane.core
+
+        def refused(code: str, reason: str) -> None:
+            core.metrics.rejected.labels(node=core.metrics.node, code=code).inc()
+
+        self.access = AccessControl(spec, 1, on_refusal=refused)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors, self._admit])
         r = app.router
         r.add_get("/v2/health/live", self.live)
         r.add_get("/v2/health/ready", self.ready)
@@ -134,6 +142,25 @@ class RestServer:
         except Exception as e:
             log.exception("HTTP %s %s failed", request.method, request.path)
             return _error(500, f"internal error: {e}")
+
+    @web.middleware
+    async def _admit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The inference service's access rule (bearer tokens, certificate roles); health stays open."""
+        if request.path.startswith("/v2/health/"):
+            return await handler(request)
+        metadata = {"authorization": request.headers.get("Authorization", "").encode()}
+        peer = request.transport.get_extra_info("peercert") if request.transport is not None else None
+        identities = [v for k, v in (peer or {}).get("subjectAltName", ()) if k == "URI"]
+        verdict = self.access.decide("/inference.GRPCInferenceService/ModelInfer", metadata, identities)
+        if verdict is None:
+            return await handler(request)
+        code, reason = verdict
+        self.access.refused(code, reason, request.remote or "?")
+        if code == "UNAUTHENTICATED":
+            resp = _error(401, reason)
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+        return _error(403, reason)
 
     # ------------------------------------------------------------------ health and metadata
     async def live(self, request: web.Request) -> web.Response:
