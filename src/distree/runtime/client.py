@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from .balancing import balanced_options
 from .kserve import INPUT, OUTPUTS, SERVICE
 from .protos import kserve_v2_pb2 as pb
 from .protos import node_pb2, node_pb2_grpc
@@ -38,17 +39,28 @@ class InferResult:
         return self.probs.argmax(axis=-1)
 
 
+#: the calls a client sends again to another replica of node 1 when one fails as unavailable (idempotent)
+RETRIED = tuple((SERVICE, m) for m in ("ModelInfer", "ModelMetadata", "ModelReady", "ServerReady", "ServerLive"))
+
+
 def make_channel(
-    address: str, tls: ClientTLS | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    address: str | Sequence[str],
+    tls: ClientTLS | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    *,
+    retries: bool = True,
 ) -> grpc.Channel:
-    opts = [
+    """A channel over one address or every replica of node 1: round robin over the healthy ones, and (with
+    ``retries``) a call that fails as unavailable is sent again to another (:mod:`.balancing`)."""
+    addrs = [address] if isinstance(address, str) else list(address)
+    base = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.enable_retries", 0),
     ]
+    target, opts = balanced_options(addrs, base, RETRIED, max_message_bytes, retries=retries)
     if tls is None:
-        return grpc.insecure_channel(address, options=opts)
-    return grpc.secure_channel(address, tls.credentials(), options=opts + tls.options())
+        return grpc.insecure_channel(target, options=opts)
+    return grpc.secure_channel(target, tls.credentials(), options=opts + tls.options())
 
 
 def build_request(
@@ -101,17 +113,18 @@ def parse_response(resp: pb.ModelInferResponse) -> InferResult:
 
 
 class ClusterClient:
-    """Client of node 1 (Open Inference Protocol)."""
+    """Client of node 1 (Open Inference Protocol): one address, or the addresses of every node-1 replica
+    (calls go round robin to the healthy ones; one refused or cut off is retried on another)."""
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         *,
         tls: ClientTLS | None = None,
         model_name: str = "distree",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
-        self.address = address
+        self.address = address if isinstance(address, str) else ",".join(address)
         self.model_name = model_name
         self.channel = make_channel(address, tls, max_message_bytes)
 
@@ -204,7 +217,7 @@ def wait_healthy(address: str, *, tls: ClientTLS | None = None, timeout_s: float
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     end = time.monotonic() + timeout_s
-    with make_channel(address, tls) as ch:
+    with make_channel(address, tls, retries=False) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < end:
             try:
@@ -218,7 +231,7 @@ def wait_healthy(address: str, *, tls: ClientTLS | None = None, timeout_s: float
 
 
 def node_info(address: str, *, tls: ClientTLS | None = None, timeout_s: float = 5.0) -> node_pb2.InfoResponse:
-    with make_channel(address, tls) as ch:
+    with make_channel(address, tls, retries=False) as ch:
         return node_pb2_grpc.ChainNodeStub(ch).Info(node_pb2.InfoRequest(), timeout=timeout_s)
 
 

@@ -43,8 +43,9 @@ class NodeCore:
     """Compute, policy and answers of node ``k`` (1-based), with its batcher and its link to node k+1.
 
     ``model``/``sidecar``/``policy`` default to the spec's checkpoint and policy files; ``backend``
-    to the model's segment and exit in torch; ``link`` to a gRPC link to the spec's node k+1 (none on
-    the last node); ``clock`` to the system clocks.
+    to the model's segment and exit in torch; ``link`` to a gRPC link to the spec's node k+1, over all
+    its replicas (none on the last node); ``clock`` to the system clocks. ``replica`` picks which of
+    tier k's nodes this is (its speed, certificate).
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class NodeCore:
         backend: Backend | None = None,
         link: Link | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        replica: int = 1,
     ) -> None:
         import torch
 
@@ -66,7 +68,8 @@ class NodeCore:
 
         self.spec = spec
         self.k = k
-        self.node_spec = spec.node(k)
+        self.replica = replica
+        self.node_spec = spec.node(k, replica)
         self.clock = clock
         torch.set_num_threads(spec.threads)
         if model is None:
@@ -110,7 +113,7 @@ class NodeCore:
             clock=clock,
         )
         if link is None and not self.is_last:
-            link = ChainLink.to_successor(spec, k, metrics=self.metrics, clock=clock)
+            link = ChainLink.to_successor(spec, k, metrics=self.metrics, clock=clock, replica=replica)
         self.link = link
         self._no_link = LinkEstimates()  # what the last node reports for a link it does not have
         self._seq = 0

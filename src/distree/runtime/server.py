@@ -32,6 +32,7 @@ async def serve_node(
     grace_s: float = 10.0,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    replica: int = 1,
 ) -> None:
     """Run node ``k`` until SIGTERM/SIGINT (or ``stop``); then drain in-flight requests and exit."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -39,8 +40,8 @@ async def serve_node(
 
     from .kserve import SERVICE, KServeServicer
 
-    node = spec.node(k)
-    core = NodeCore(spec, k)
+    node = spec.node(k, replica)
+    core = NodeCore(spec, k, replica=replica)
     server = grpc.aio.server(options=channel_options(spec.max_message_bytes))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -68,7 +69,7 @@ async def serve_node(
         k,
         k,
         node.listen,
-        extra={"event": "serving", "node": k, "listen": node.listen, "tls": spec.tls is not None},
+        extra={"event": "serving", "node": k, "replica": replica, "listen": node.listen, "tls": spec.tls is not None},
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,5 +86,5 @@ async def serve_node(
     log.info("node %d stopped", k, extra={"event": "stopped", "node": k})
 
 
-def run_node(spec: ClusterSpec, k: int, grace_s: float = 10.0) -> None:
-    asyncio.run(serve_node(spec, k, grace_s=grace_s))
+def run_node(spec: ClusterSpec, k: int, grace_s: float = 10.0, replica: int = 1) -> None:
+    asyncio.run(serve_node(spec, k, grace_s=grace_s, replica=replica))
