@@ -212,6 +212,55 @@ class ClusterClient:
         return out  # type: ignore[return-value]
 
 
+def infer_open_loop(
+    client: ClusterClient,
+    xs: Sequence[np.ndarray],
+    arrival_s: Sequence[float],
+    *,
+    deadline_s: float | None = None,
+    rpc_timeout_s: float | None = 60.0,
+    sent_s: list[float] | None = None,
+) -> list[InferResult | grpc.RpcError]:
+    """Open-loop load: send ``xs[i]`` at ``arrival_s[i]`` seconds from now whatever the answers do (a
+    Poisson stream, for instance); results in order, latency measured from each request's send time.
+    ``sent_s``, if given, receives the times the requests really left (seconds from the start)."""
+    if len(xs) != len(arrival_s):
+        raise ValueError(f"need one arrival time per input, got {len(arrival_s)} for {len(xs)}")
+    reqs = [build_request(x, model_name=client.model_name, request_id=str(i), timeout_s=deadline_s)
+            for i, x in enumerate(xs)]  # fmt: skip
+    out: list[InferResult | grpc.RpcError | None] = [None] * len(xs)
+    left = [len(xs)]
+    lock = threading.Lock()
+    done = threading.Event()
+    if not xs:
+        return []
+
+    def finish(i: int, t_sent: float, fut: grpc.Future) -> None:
+        try:
+            r = parse_response(fut.result())
+            r.latency_s = time.perf_counter() - t_sent
+            out[i] = r
+        except grpc.RpcError as e:
+            out[i] = e
+        with lock:
+            left[0] -= 1
+            if left[0] == 0:
+                done.set()
+
+    t0 = time.perf_counter()
+    for i, req in enumerate(reqs):
+        wait = t0 + float(arrival_s[i]) - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        t_sent = time.perf_counter()
+        if sent_s is not None:
+            sent_s.append(t_sent - t0)
+        fut = client._infer.future(req, timeout=rpc_timeout_s)
+        fut.add_done_callback(lambda f, i=i, t=t_sent: finish(i, t, f))
+    done.wait()
+    return out  # type: ignore[return-value]
+
+
 def wait_healthy(address: str, *, tls: ClientTLS | None = None, timeout_s: float = 60.0) -> bool:
     """Poll the gRPC health service at ``address`` until SERVING or ``timeout_s``."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -235,4 +284,13 @@ def node_info(address: str, *, tls: ClientTLS | None = None, timeout_s: float = 
         return node_pb2_grpc.ChainNodeStub(ch).Info(node_pb2.InfoRequest(), timeout=timeout_s)
 
 
-__all__ = ["OUTPUTS", "ClusterClient", "InferResult", "build_request", "node_info", "parse_response", "wait_healthy"]
+__all__ = [
+    "OUTPUTS",
+    "ClusterClient",
+    "InferResult",
+    "build_request",
+    "infer_open_loop",
+    "node_info",
+    "parse_response",
+    "wait_healthy",
+]
