@@ -238,7 +238,7 @@ class DistreeDriver(Driver):
             cluster = LocalCluster(spec, log_dir=self.work / f"distree-logs-{i}")
             self.clusters.append(cluster)
             cluster.start(timeout_s=300)
-            self.stage_pids.append([cluster.procs[k].pid for k in range(1, spec.num_nodes + 1)])
+            self.stage_pids.append([cluster.procs[(k, 1)].pid for k in range(1, spec.num_nodes + 1)])
             self.clients.append(ClusterClient(spec.nodes[0].address))
         threads = [s.threads for s in self.specs for _ in s.nodes]
         return {"threads": threads, "transport": "gRPC (grpc.aio), TCP loopback"}

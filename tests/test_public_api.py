@@ -19,6 +19,7 @@ PACKAGES = [
     "backends",
     "calibration",
     "data",
+    "deploy",
     "evaluation",
     "models",
     "netem",
@@ -68,7 +69,7 @@ def test_cli_help_imports_no_torch():
 def test_cli_help_lists_every_command():
     res = subprocess.run([sys.executable, "-m", "distree", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    for cmd in ("train", "trace", "calibrate", "evaluate", "simulate", "serve", "cluster", "demo", "netem"):
+    for cmd in ("train", "trace", "calibrate", "evaluate", "simulate", "serve", "cluster", "deploy", "demo", "netem"):
         assert cmd in res.stdout, cmd
 
 
@@ -175,7 +176,8 @@ FORBIDDEN = {
     "calibration": {"evaluation", "training", "data", "checkpoint", "sim", "runtime", "netem", "cli"},
     "evaluation": {"training", "data", "checkpoint", "sim", "runtime", "netem", "cli"},
     "sim": {"training", "data", "evaluation", "calibration", "runtime", "netem", "cli"},
-    "runtime": {"training", "evaluation", "calibration", "sim", "netem", "cli"},
+    "runtime": {"training", "evaluation", "calibration", "sim", "netem", "cli", "deploy"},
+    "deploy": {"training", "evaluation", "calibration", "sim", "netem", "cli", "models", "data"},
     "backends": {"training", "calibration", "evaluation", "sim", "runtime", "netem", "cli"},
     "trace": {"training", "calibration", "evaluation", "sim", "runtime", "netem", "cli", "policies"},
     "training": {"calibration", "evaluation", "sim", "runtime", "netem", "cli", "trace", "policies"},

@@ -44,12 +44,15 @@ def write_spec(
     *,
     policy: Path | None = None,
     node_extra: dict[int, dict[str, Any]] | None = None,
+    replicas: dict[int, int] | None = None,
     **options: Any,
 ) -> ClusterSpec:
-    ports = free_ports(4)
+    """A 4-tier spec on free loopback ports; ``replicas`` gives tiers more than one node ({tier: count})."""
+    tiers = [k for k in range(1, 5) for _ in range((replicas or {}).get(k, 1))]
+    ports = free_ports(len(tiers))
     nodes = [
-        {"address": f"127.0.0.1:{p}", "segment": k + 1, **(node_extra or {}).get(k + 1, {})}
-        for k, p in enumerate(ports)
+        {"address": f"127.0.0.1:{p}", "segment": k, **(node_extra or {}).get(k, {})}
+        for k, p in zip(tiers, ports, strict=True)
     ]
     path = rt.root / f"{name}.toml"
     path.write_text(spec_toml(rt.checkpoint, policy or rt.policy, nodes, **options))

@@ -45,7 +45,9 @@ def _root(
 
 # Each module registers its subcommands on ``app``.
 from . import calibrate as _calibrate  # noqa: E402,F401
+from . import cluster as _cluster  # noqa: E402,F401
 from . import demo as _demo  # noqa: E402,F401
+from . import deploy as _deploy  # noqa: E402,F401
 from . import evaluate as _evaluate  # noqa: E402,F401
 from . import export as _export  # noqa: E402,F401
 from . import netem as _netem  # noqa: E402,F401

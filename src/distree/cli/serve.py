@@ -1,8 +1,7 @@
-"""``distree serve`` / ``cluster up|down`` / ``infer`` / ``certs``: the distributed runtime."""
+"""``distree serve`` / ``infer`` / ``certs``: the distributed runtime (``cluster up|down``: cli/cluster.py)."""
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,9 +16,7 @@ from ._common import console, fail, guarded
 if TYPE_CHECKING:
     import numpy as np
 
-cluster_app = typer.Typer(help="Start or stop every node of a cluster spec on this machine.", no_args_is_help=True)
 certs_app = typer.Typer(help="Development CA and certificates for TLS / mutual TLS.", no_args_is_help=True)
-app.add_typer(cluster_app, name="cluster")
 app.add_typer(certs_app, name="certs")
 
 
@@ -33,6 +30,7 @@ def _spec(path: Path):
 def serve_cmd(
     spec: Path = typer.Option(..., help="Cluster spec (TOML)."),
     node: int = typer.Option(..., help="Which node of the spec to run (1-based: node K runs segment K)."),
+    replica: int = typer.Option(1, help="Which replica of node K (1-based, in the spec's order)."),
     grace_s: float = typer.Option(10.0, help="On SIGTERM/Ctrl-C, wait this long for in-flight requests."),
     plain_logs: bool = typer.Option(False, help="Plain-text logs instead of JSON lines."),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
@@ -45,78 +43,12 @@ def serve_cmd(
     from ..runtime.server import run_node
 
     s = _spec(spec)
-    guarded(lambda: s.node(node))
+    guarded(lambda: s.node(node, replica))
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"unknown log level {log_level!r}; use debug, info, warning or error")
-    logs.configure(level, json_lines=not plain_logs, static={"node": node})
-    guarded(lambda: run_node(s, node, grace_s=grace_s), CheckpointError, OSError)
-
-
-@cluster_app.command("up")
-def cluster_up(
-    spec: Path = typer.Option(..., help="Cluster spec (TOML)."),
-    log_dir: Path | None = typer.Option(None, help="Write each node's log to LOG_DIR/nodeK.log."),
-    detach: bool = typer.Option(False, help="Return once every node is ready (stop with `cluster down`)."),
-    timeout_s: float = typer.Option(120.0, help="How long to wait for every node to become ready."),
-) -> None:
-    """Start every node of the spec as a local process, wait until all are healthy, print endpoints."""
-    from ..runtime import LocalCluster
-
-    s = _spec(spec)
-    if s.pid_file.is_file():
-        fail(f"{s.pid_file} exists: a cluster of this spec may be running; `distree cluster down --spec {spec}` first")
-    cluster = LocalCluster(s, log_dir=log_dir)
-    guarded(lambda: cluster.start(timeout_s=timeout_s), RuntimeError, TimeoutError)
-    mode = "plaintext" if s.tls is None else "mutual TLS" if s.tls.client_auth else "TLS"
-    t = Table(title=f"cluster {spec} ({s.num_nodes} nodes, {mode})")
-    for col in ("node", "pid", "address", "metrics", "role"):
-        t.add_column(col)
-    for n in s.nodes:
-        role = "Open Inference Protocol (KServe v2) endpoint" if n.segment == 1 else "chain node"
-        metrics = f"http://{n.listen.rpartition(':')[0]}:{n.metrics_port}/metrics" if n.metrics_port else "-"
-        t.add_row(str(n.segment), str(cluster.procs[n.segment].pid), n.address, metrics, role)
-    console.print(t)
-    console.print(Text.assemble(f"model {s.model_name!r} at ", (s.nodes[0].address, "bold")))
-    if s.http_port:
-        from ..runtime.rest import http_url
-
-        console.print(Text.assemble("HTTP/REST at ", (http_url(s), "bold")))
-    if detach:
-        console.print(f"pids in {s.pid_file}; stop with `distree cluster down --spec {spec}`")
-        return
-    console.print("Ctrl-C stops the cluster")
-    stop = {"now": False}
-
-    def on_signal(signum, frame) -> None:  # noqa: ARG001
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        reported: set[int] = set()
-        while not stop["now"] and s.pid_file.exists():  # `cluster down` removes the pid file
-            time.sleep(0.3)
-            for k, p in cluster.procs.items():
-                if p.poll() is not None and k not in reported and s.pid_file.exists():
-                    console.print(f"node {k} exited with code {p.returncode}", style="yellow")
-                    reported.add(k)
-    finally:
-        codes = cluster.stop()
-        console.print("stopped: " + ", ".join(f"node {k} (exit {c})" for k, c in codes.items()))
-
-
-@cluster_app.command("down")
-def cluster_down(
-    spec: Path = typer.Option(..., help="Cluster spec (TOML) whose nodes to stop."),
-    timeout_s: float = typer.Option(15.0, help="Grace period before a node is killed."),
-) -> None:
-    """Stop a cluster started with `distree cluster up` (SIGTERM: nodes drain, then exit)."""
-    from ..runtime import SpecError, load_spec, stop_from_pid_file
-
-    s = guarded(lambda: load_spec(spec, check_files=False), SpecError)
-    res = guarded(lambda: stop_from_pid_file(s, timeout_s))
-    console.print(", ".join(f"node {k}: {v}" for k, v in sorted(res.items())))
+    logs.configure(level, json_lines=not plain_logs, static={"node": node, "replica": replica})
+    guarded(lambda: run_node(s, node, grace_s=grace_s, replica=replica), CheckpointError, OSError)
 
 
 def _load_images(paths: list[Path], shape: tuple[int, ...]) -> np.ndarray:
@@ -164,7 +96,9 @@ def infer_cmd(
     limit: int | None = typer.Option(None, help="Send only the first N samples."),
     deadline_ms: float | None = typer.Option(None, help="Per-request QoS deadline (ms)."),
     concurrency: int = typer.Option(8, help="Requests in flight at once."),
-    address: str | None = typer.Option(None, help="Override node 1's address from the spec."),
+    address: list[str] = typer.Option(
+        [], help="Override node 1's addresses from the spec (repeat for several replicas)."
+    ),
     cert: Path | None = typer.Option(None, help="Client certificate for mutual TLS (default: the spec's)."),
     key: Path | None = typer.Option(None, help="Client key for mutual TLS (default: the spec's)."),
     show: int = typer.Option(20, help="Print at most this many per-request rows."),
@@ -196,15 +130,15 @@ def infer_cmd(
         x, names = x[:limit], names[:limit]
         labels = labels[:limit] if labels is not None else None
     tls = guarded(lambda: spec_client_tls(s, cert, key))
-    with ClusterClient(
-        address or s.nodes[0].address, tls=tls, model_name=s.model_name, max_message_bytes=s.max_message_bytes
-    ) as client:
+    targets = address or s.addresses(1)  # every replica of node 1: refused calls are retried on another
+    where = ", ".join(targets)
+    with ClusterClient(targets, tls=tls, model_name=s.model_name, max_message_bytes=s.max_message_bytes) as client:
         t0 = time.perf_counter()
         res = client.infer_many(
             [xi[None] for xi in x], concurrency=concurrency, deadline_s=deadline_ms / 1000 if deadline_ms else None
         )
         wall = time.perf_counter() - t0
-    t = Table(title=f"{len(res)} requests to {address or s.nodes[0].address}")
+    t = Table(title=f"{len(res)} requests to {where}")
     for col in ("input", "answer", "p", "exit node", "degraded", "latency ms"):
         t.add_column(col)
     errors = [r for r in res if isinstance(r, grpc.RpcError)]

@@ -68,8 +68,10 @@ def _parse_vary(items: list[str]) -> list[tuple[str, list[float]]]:
             fail(f"--vary needs VARIABLE=v1,v2,...; got {item!r} (variables: {', '.join(SWEEP_VARIABLES)})")
         var, vals = item.split("=", 1)
         var = var.strip()
-        if var not in SWEEP_VARIABLES:
-            fail(f"unknown sweep variable {var!r}; use one of {', '.join(SWEEP_VARIABLES)}")
+        if var.partition(":")[0] not in SWEEP_VARIABLES:
+            fail(f"unknown sweep variable {var!r}; use one of {', '.join(SWEEP_VARIABLES)} (replicas:TIER)")
+        if var.startswith("replicas") and not var.partition(":")[2].isdigit():
+            fail(f"--sweep {var}: give the tier, e.g. replicas:2=1,2,3 (tier 2's replica counts)")
         try:
             values = [float(v) for v in vals.split(",") if v.strip()]
         except ValueError:
@@ -89,12 +91,23 @@ def simulate_cmd(
     requests: int | None = typer.Option(None, help="Override the scenario's number of requests."),
     seed: int | None = typer.Option(None, help="Override the scenario's seed."),
     out: Path = typer.Option(Path("runs/sim"), help="Output folder: records, tables, plots."),
-    sweep: list[str] = typer.Option([], help="Also sweep: VARIABLE=v1,v2,... (deadline_s | load | fluctuation)."),
+    sweep: list[str] = typer.Option(
+        [],
+        help="Also sweep: VARIABLE=v1,v2,... (deadline_s | load | fluctuation | replicas:TIER, e.g. replicas:2=1,2,3).",
+    ),
+    rate: float | None = typer.Option(None, help="Override the scenario's offered load (requests/s)."),
+    p99_ms: float | None = typer.Option(
+        None, help="With a replicas sweep: report the fewest replicas whose p99 latency is at most this."
+    ),
 ) -> None:
     """Simulate the scenario once per policy; write per-request records, a table and plots."""
     from ..sim import ScenarioError, markdown_table, node_table, plot_results, simulate
 
     sc, tr, pols, names = _load(scenario, trace, policy, requests, seed)
+    if rate is not None:
+        if rate <= 0 or sc.workload.arrival not in ("poisson", "deterministic"):
+            fail("--rate needs a value > 0 and a scenario with poisson or deterministic arrivals")
+        sc.workload.rate_per_s = rate
     results = []
     with progress_bar() as p:
         for pol, name in zip(pols, names, strict=True):
@@ -123,10 +136,34 @@ def simulate_cmd(
         console.print(f"{r['policy']}: {r['engine']} engine, {r['wall_s']:.2f} s{extra}")
     console.print(f"tables: {out / (sc.name + '.md')}, {out / (sc.name + '.json')}; plot: {png}")
     if sweep:
-        _run_sweeps(sc, tr, pols, names, _parse_vary(sweep), engine, out)
+        _run_sweeps(sc, tr, pols, names, _parse_vary(sweep), engine, out, p99_ms)
+    elif p99_ms is not None:
+        fail("--p99-ms answers a replica sweep: add --sweep replicas:TIER=1,2,3,...")
 
 
-def _run_sweeps(sc, tr, pols, names, plan, engine, out: Path) -> None:
+def _fleet_answer(sc, var: str, rows: list[dict[str, Any]], names: list[str], p99_ms: float) -> None:
+    from ..sim import smallest_meeting
+    from ..sim.workload import offered_load
+
+    tier = var.partition(":")[2]
+    load = offered_load(sc.workload)
+    at = f"{load:g} req/s" if load == load else f"{sc.workload.clients} clients"
+    for name in names:
+        best = smallest_meeting(rows, p99_ms / 1000.0, name)
+        if best is None:
+            top = max(r["value"] for r in rows if r["policy"] == name)
+            console.print(f"{name}: no swept replica count of tier {tier} (up to {top:g}) meets p99 <= {p99_ms:g} ms "
+                          f"at {at}", soft_wrap=True)  # fmt: skip
+        else:
+            console.print(
+                f"{name}: tier {tier} needs {best['value']:g} replicas for {at} at p99 <= {p99_ms:g} ms "
+                f"(p99 {best['latency_p99_s'] * 1e3:.1f} ms, mean {best['latency_mean_s'] * 1e3:.1f} ms)",
+                style="bold",
+                soft_wrap=True,
+            )
+
+
+def _run_sweeps(sc, tr, pols, names, plan, engine, out: Path, p99_ms: float | None = None) -> None:
     from ..sim import ScenarioError, markdown_table, plot_sweep
     from ..sim import sweep as run_sweep
 
@@ -144,7 +181,7 @@ def _run_sweeps(sc, tr, pols, names, plan, engine, out: Path) -> None:
             # label rows by the CLI names (two files of one policy stay apart)
             for j, row in enumerate(rows):
                 row["policy"] = names[j % len(pols)]
-            stem = f"{sc.name}.sweep-{var}"
+            stem = f"{sc.name}.sweep-{var.replace(':', '')}"
             (out / f"{stem}.json").write_text(json.dumps(rows, indent=2, default=str))
             md = markdown_table(rows, extra=["value"])
             (out / f"{stem}.md").write_text(f"# {sc.name}: sweep of {var}\n\n{md}\n")
@@ -152,6 +189,8 @@ def _run_sweeps(sc, tr, pols, names, plan, engine, out: Path) -> None:
             console.print(var, style="bold")
             console.print(md)
             console.print(f"sweep {var}: {out / (stem + '.md')}, {out / (stem + '.png')}")
+            if p99_ms is not None and var.startswith("replicas"):
+                _fleet_answer(sc, var, rows, names, p99_ms)
 
 
 @app.command("sweep")

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ._common import console, fail, guarded
-from .serve import _spec, cluster_app
+from .cluster import cluster_app
+from .serve import _spec
 
 
 @cluster_app.command("status")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from .balancing import balanced_options
 from .kserve import INPUT, OUTPUTS, SERVICE
 from .protos import kserve_v2_pb2 as pb
 from .protos import node_pb2, node_pb2_grpc
@@ -38,17 +39,28 @@ class InferResult:
         return self.probs.argmax(axis=-1)
 
 
+#: the calls a client sends again to another replica of node 1 when one fails as unavailable (idempotent)
+RETRIED = tuple((SERVICE, m) for m in ("ModelInfer", "ModelMetadata", "ModelReady", "ServerReady", "ServerLive"))
+
+
 def make_channel(
-    address: str, tls: ClientTLS | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    address: str | Sequence[str],
+    tls: ClientTLS | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    *,
+    retries: bool = True,
 ) -> grpc.Channel:
-    opts = [
+    """A channel over one address or every replica of node 1: round robin over the healthy ones, and (with
+    ``retries``) a call that fails as unavailable is sent again to another (:mod:`.balancing`)."""
+    addrs = [address] if isinstance(address, str) else list(address)
+    base = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.enable_retries", 0),
     ]
+    target, opts = balanced_options(addrs, base, RETRIED, max_message_bytes, retries=retries)
     if tls is None:
-        return grpc.insecure_channel(address, options=opts)
-    return grpc.secure_channel(address, tls.credentials(), options=opts + tls.options())
+        return grpc.insecure_channel(target, options=opts)
+    return grpc.secure_channel(target, tls.credentials(), options=opts + tls.options())
 
 
 def build_request(
@@ -101,19 +113,22 @@ def parse_response(resp: pb.ModelInferResponse) -> InferResult:
 
 
 class ClusterClient:
-    """Client of node 1 (Open Inference Protocol)."""
+    """Client of node 1 (Open Inference Protocol): one address, or the addresses of every node-1 replica
+    (calls go round robin to the healthy ones; one refused or cut off is retried on another)."""
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         *,
         tls: ClientTLS | None = None,
         model_name: str = "distree",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
         token: str | None = None,
     ) -> None:
-        """``token``: bearer token for an inference service that asks for one (``[access] client_tokens_file``)."""
-        self.address = address
+        """``address``: node 1, or every ingress replica's address (a call refused or unavailable on one
+        is retried on another); ``token``: bearer token for an inference service that asks for one
+        (``[access] client_tokens_file``)."""
+        self.address = address if isinstance(address, str) else ",".join(address)
         self.model_name = model_name
         self.channel = make_channel(address, tls, max_message_bytes)
         if token:
@@ -205,12 +220,61 @@ class ClusterClient:
         return out  # type: ignore[return-value]
 
 
+def infer_open_loop(
+    client: ClusterClient,
+    xs: Sequence[np.ndarray],
+    arrival_s: Sequence[float],
+    *,
+    deadline_s: float | None = None,
+    rpc_timeout_s: float | None = 60.0,
+    sent_s: list[float] | None = None,
+) -> list[InferResult | grpc.RpcError]:
+    """Open-loop load: send ``xs[i]`` at ``arrival_s[i]`` seconds from now whatever the answers do (a
+    Poisson stream, for instance); results in order, latency measured from each request's send time.
+    ``sent_s``, if given, receives the times the requests really left (seconds from the start)."""
+    if len(xs) != len(arrival_s):
+        raise ValueError(f"need one arrival time per input, got {len(arrival_s)} for {len(xs)}")
+    reqs = [build_request(x, model_name=client.model_name, request_id=str(i), timeout_s=deadline_s)
+            for i, x in enumerate(xs)]  # fmt: skip
+    out: list[InferResult | grpc.RpcError | None] = [None] * len(xs)
+    left = [len(xs)]
+    lock = threading.Lock()
+    done = threading.Event()
+    if not xs:
+        return []
+
+    def finish(i: int, t_sent: float, fut: grpc.Future) -> None:
+        try:
+            r = parse_response(fut.result())
+            r.latency_s = time.perf_counter() - t_sent
+            out[i] = r
+        except grpc.RpcError as e:
+            out[i] = e
+        with lock:
+            left[0] -= 1
+            if left[0] == 0:
+                done.set()
+
+    t0 = time.perf_counter()
+    for i, req in enumerate(reqs):
+        wait = t0 + float(arrival_s[i]) - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        t_sent = time.perf_counter()
+        if sent_s is not None:
+            sent_s.append(t_sent - t0)
+        fut = client._infer.future(req, timeout=rpc_timeout_s)
+        fut.add_done_callback(lambda f, i=i, t=t_sent: finish(i, t, f))
+    done.wait()
+    return out  # type: ignore[return-value]
+
+
 def wait_healthy(address: str, *, tls: ClientTLS | None = None, timeout_s: float = 60.0) -> bool:
     """Poll the gRPC health service at ``address`` until SERVING or ``timeout_s``."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     end = time.monotonic() + timeout_s
-    with make_channel(address, tls) as ch:
+    with make_channel(address, tls, retries=False) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < end:
             try:
@@ -229,8 +293,17 @@ def node_info(
     """A node's ``Info`` (with mutual TLS, ``tls`` must carry an operator or predecessor certificate;
     without it, ``chain_token`` is the spec's shared secret where one is set)."""
     md = [("x-distree-token", chain_token)] if chain_token else None
-    with make_channel(address, tls) as ch:
+    with make_channel(address, tls, retries=False) as ch:
         return node_pb2_grpc.ChainNodeStub(ch).Info(node_pb2.InfoRequest(), timeout=timeout_s, metadata=md)
 
 
-__all__ = ["OUTPUTS", "ClusterClient", "InferResult", "build_request", "node_info", "parse_response", "wait_healthy"]
+__all__ = [
+    "OUTPUTS",
+    "ClusterClient",
+    "InferResult",
+    "build_request",
+    "infer_open_loop",
+    "node_info",
+    "parse_response",
+    "wait_healthy",
+]

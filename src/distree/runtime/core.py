@@ -46,8 +46,9 @@ class NodeCore:
 
     ``model``/``sidecar``/``policy`` default to the spec's checkpoint (or, for an ONNX node, its export
     folder: see :mod:`~distree.runtime.node_model`) and policy files; ``backend`` to the node's segment
-    and exit through the backend the spec gives it; ``link`` to a gRPC link to the spec's node k+1 (none on
-    the last node); ``clock`` to the system clocks.
+    and exit through the backend the spec gives it; ``link`` to a gRPC link to the spec's node k+1, over
+    all its replicas (none on the last node); ``clock`` to the system clocks. ``replica`` picks which of
+    tier k's nodes this is (its speed, certificate, backend).
     """
 
     def __init__(
@@ -61,21 +62,23 @@ class NodeCore:
         backend: Backend | None = None,
         link: Link | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        replica: int = 1,
     ) -> None:
         from ..fluctuation import speed_profile_from_spec
 
         self.spec = spec
         self.k = k
-        self.node_spec = spec.node(k)
+        self.replica = replica
+        self.node_spec = spec.node(k, replica)
         self.clock = clock
-        nm = torch_node_model(model, sidecar, k) if model is not None else open_node_model(spec, k)
+        nm = torch_node_model(model, sidecar, k) if model is not None else open_node_model(spec, k, replica)
         if nm.backend_name == "torch":
             import torch
 
             torch.set_num_threads(spec.threads)
         self.sidecar = nm.sidecar
         if nm.num_nodes != spec.num_nodes:
-            where = spec.checkpoint if nm.backend_name == "torch" else spec.node_backend(k)[1]
+            where = spec.checkpoint if nm.backend_name == "torch" else spec.node_backend(k, replica)[1]
             raise ValueError(
                 f"{where} has {nm.num_nodes} segments but the spec lists {spec.num_nodes} "
                 "nodes; list one [[nodes]] entry per segment"
@@ -113,7 +116,7 @@ class NodeCore:
             clock=clock,
         )
         if link is None and not self.is_last:
-            link = ChainLink.to_successor(spec, k, metrics=self.metrics, clock=clock)
+            link = ChainLink.to_successor(spec, k, metrics=self.metrics, clock=clock, replica=replica)
         self.link = link
         self._no_link = LinkEstimates()  # what the last node reports for a link it does not have
         self._seq = 0

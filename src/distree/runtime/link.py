@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 
 from ..policies import encode_state
+from .balancing import balanced_options
 from .clock import SYSTEM_CLOCK, Clock
 from .estimates import Ewma, Samples
 from .metrics import NodeMetrics
@@ -56,11 +57,17 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def make_aio_channel(address: str, tls: ClientTLS | None, max_message_bytes: int) -> grpc.aio.Channel:
-    opts = channel_options(max_message_bytes)
+#: the calls a node retries on another replica of its successor's tier (both idempotent)
+RETRIED = (("distree.node.v1.ChainNode", "Forward"), ("distree.node.v1.ChainNode", "Info"))
+
+
+def make_aio_channel(address: str | Sequence[str], tls: ClientTLS | None, max_message_bytes: int) -> grpc.aio.Channel:
+    """One channel over every address of a tier: round robin, health checking, retries (:mod:`.balancing`)."""
+    addrs = [address] if isinstance(address, str) else list(address)
+    target, opts = balanced_options(addrs, channel_options(max_message_bytes), RETRIED, max_message_bytes)
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=opts)
-    return grpc.aio.secure_channel(address, tls.credentials(), options=opts + tls.options())
+        return grpc.aio.insecure_channel(target, options=opts)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=opts + tls.options())
 
 
 def successor_deadlines(
@@ -152,10 +159,17 @@ class Link(Protocol):
 
 
 class GrpcTransport:
-    """A persistent grpc.aio channel to node K+1 (ChainNode + health)."""
+    """A persistent grpc.aio channel to tier K+1 (ChainNode + health), over every replica's address: a
+    call goes to a healthy replica (round robin), and one that fails as unavailable is sent again to
+    another; it fails only when no replica is usable."""
 
     def __init__(
-        self, address: str, tls: ClientTLS | None, max_message_bytes: int, *, token: bytes | None = None
+        self,
+        address: str | Sequence[str],
+        tls: ClientTLS | None,
+        max_message_bytes: int,
+        *,
+        token: bytes | None = None,
     ) -> None:
         from grpc_health.v1 import health_pb2_grpc
 
@@ -163,7 +177,7 @@ class GrpcTransport:
 
         # the chain's shared secret on every internal call when there is no mutual TLS (see .auth)
         self.metadata = ((TOKEN_METADATA, token),) if token else None
-        self.address = address
+        self.address = address if isinstance(address, str) else ",".join(address)
         self.channel = make_aio_channel(address, tls, max_message_bytes)
         self.stub = node_pb2_grpc.ChainNodeStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -215,17 +229,15 @@ class ChainLink:
         self.metrics.successor_up.set(1)
 
     @classmethod
-    def to_successor(cls, spec: ClusterSpec, k: int, *, metrics: NodeMetrics, clock: Clock = SYSTEM_CLOCK) -> ChainLink:
-        """The gRPC link from node ``k`` of a cluster spec to node ``k + 1``."""
+    def to_successor(
+        cls, spec: ClusterSpec, k: int, *, metrics: NodeMetrics, clock: Clock = SYSTEM_CLOCK, replica: int = 1
+    ) -> ChainLink:
+        """The gRPC link from node ``k`` (its replica ``replica``) to node ``k + 1``, over all its replicas."""
         from .auth import chain_token
         from .tls import node_client_tls
 
-        transport = GrpcTransport(
-            spec.node(k + 1).address,
-            node_client_tls(spec, spec.node(k)),
-            spec.max_message_bytes,
-            token=chain_token(spec),
-        )
+        tls = node_client_tls(spec, spec.node(k, replica))
+        transport = GrpcTransport(spec.addresses(k + 1), tls, spec.max_message_bytes, token=chain_token(spec))
         return cls(
             transport,
             from_node=k,

@@ -54,12 +54,12 @@ def torch_node_model(model: Any, sidecar: dict[str, Any] | None, k: int) -> Node
     )
 
 
-def onnx_node_model(spec: ClusterSpec, k: int) -> NodeModel:
-    """Node ``k`` of the spec from its ONNX export folder (no torch)."""
+def onnx_node_model(spec: ClusterSpec, k: int, replica: int = 1) -> NodeModel:
+    """Node ``k`` (replica ``replica`` of its tier) from its ONNX export folder (no torch)."""
     from ..backends.manifest import checkpoint_weights, read_manifest
     from ..backends.onnxrt import OnnxBackend
 
-    kind, onnx_dir, providers = spec.node_backend(k)
+    kind, onnx_dir, providers = spec.node_backend(k, replica)
     assert onnx_dir is not None  # the spec's validator requires it for ONNX nodes
     m = read_manifest(onnx_dir)
     # the export must come from the spec's checkpoint when that is here (a device may hold only the export)
@@ -89,11 +89,11 @@ def onnx_node_model(spec: ClusterSpec, k: int) -> NodeModel:
     )
 
 
-def open_node_model(spec: ClusterSpec, k: int) -> NodeModel:
-    """Node ``k``'s model through the backend the spec gives it."""
-    kind, _, _ = spec.node_backend(k)
+def open_node_model(spec: ClusterSpec, k: int, replica: int = 1) -> NodeModel:
+    """Node ``k``'s model (replica ``replica`` of its tier) through the backend the spec gives it."""
+    kind, _, _ = spec.node_backend(k, replica)
     if kind != "torch":
-        return onnx_node_model(spec, k)
+        return onnx_node_model(spec, k, replica)
     import torch
 
     from ..checkpoint import load_checkpoint

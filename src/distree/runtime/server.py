@@ -38,6 +38,7 @@ async def serve_node(
     grace_s: float = 10.0,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    replica: int = 1,
 ) -> None:
     """Run node ``k`` until SIGTERM/SIGINT (or ``stop``); then drain in-flight requests and exit."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,8 +47,8 @@ async def serve_node(
     from .dataplane import DataPlane
     from .kserve import SERVICE, KServeServicer
 
-    node = spec.node(k)
-    core = NodeCore(spec, k)
+    node = spec.node(k, replica)
+    core = NodeCore(spec, k, replica=replica)
 
     def refused(code: str, reason: str) -> None:
         core.metrics.rejected.labels(node=core.metrics.node, code=code).inc()
@@ -102,6 +103,7 @@ async def serve_node(
         extra={
             "event": "serving",
             "node": k,
+            "replica": replica,
             "listen": node.listen,
             "tls": spec.tls is not None,
             "http_port": spec.http_port if k == 1 else 0,
@@ -141,5 +143,5 @@ def serve_metrics(spec: ClusterSpec, node: Any, metrics: Any) -> None:
     )
 
 
-def run_node(spec: ClusterSpec, k: int, grace_s: float = 10.0) -> None:
-    asyncio.run(serve_node(spec, k, grace_s=grace_s))
+def run_node(spec: ClusterSpec, k: int, grace_s: float = 10.0, replica: int = 1) -> None:
+    asyncio.run(serve_node(spec, k, grace_s=grace_s, replica=replica))

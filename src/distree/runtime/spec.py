@@ -48,9 +48,17 @@ Example (paths are relative to the spec file)::
     onnx_dir = "runs/wrn-onnx"         # `backend`, "torch"); the export folder of `distree export --format onnx`
     providers = ["CUDA", "CPU"]        # ONNX Runtime execution providers in preference order (CPU always last)
 
+    [[nodes]]                          # a second table with the same segment: a replica of that tier
+    address = "127.0.0.1:7011"
+    segment = 1
+
 The top level takes the same three keys as defaults for every node. A chain may mix backends (a torch
 node next to an int8 ONNX node). ``checkpoint`` may be left out when every node runs ONNX: an ONNX
 node reads the classes, shapes and normalisation from the export's manifest and never imports torch.
+
+Replicas: several ``[[nodes]]`` with one segment are interchangeable replicas of that tier (replica
+1, 2, ... in file order). Node K reaches tier K+1 through one gRPC channel over all its replicas'
+addresses; clients take every address of tier 1. Replicas of a tier may run different backends.
 """
 
 from __future__ import annotations
@@ -280,10 +288,15 @@ class ClusterSpec(FrozenSchema):
     @field_validator("nodes")
     @classmethod
     def _consistent(cls, nodes: list[NodeSpec], info: ValidationInfo) -> list[NodeSpec]:
-        """Segments 1..N once each, certificates exactly when [tls] is on, no two nodes on one port; sorted."""
+        """Segments 1..N (several nodes of a segment are its replicas), certificates exactly when [tls] is
+        on, no two nodes on one address or port; sorted by segment (replicas in file order)."""
         segs = sorted(n.segment for n in nodes)
-        if segs != list(range(1, len(nodes) + 1)):
-            raise ValueError(f"must have segments 1..{len(nodes)}, each once (node K runs segment K); got {segs}")
+        tiers = sorted(set(segs))
+        if tiers != list(range(1, len(tiers) + 1)):
+            raise ValueError(
+                f"must have segments 1..{len(tiers)}, each at least once (node K runs segment K; several nodes "
+                f"of one segment are its replicas); got {segs}"
+            )
         tls_on = info.data.get("tls") is not None
         for i, n in enumerate(nodes):
             if tls_on and (n.cert is None or n.key is None):
@@ -295,14 +308,13 @@ class ClusterSpec(FrozenSchema):
                     "'cert'/'key' given but there is no [tls] table with the CA; add [tls] ca = ...", (i,)
                 )
         nodes = sorted(nodes, key=lambda n: n.segment)
-        seen: dict[str, int] = {}
-        for n in nodes:
-            if n.listen in seen:
-                raise ValueError(
-                    f"must listen on distinct addresses: nodes {seen[n.listen]} and {n.segment} "
-                    f"both listen on {n.listen}"
-                )
-            seen[n.listen] = n.segment
+        for key, must, both in (("listen", "listen on", "listen on"), ("address", "have", "have the address")):
+            seen: dict[str, int] = {}
+            for n in nodes:
+                v = getattr(n, key)
+                if v in seen:
+                    raise ValueError(f"must {must} distinct addresses: nodes {seen[v]} and {n.segment} both {both} {v}")
+                seen[v] = n.segment
         return nodes
 
     @property
@@ -311,17 +323,43 @@ class ClusterSpec(FrozenSchema):
 
     @property
     def num_nodes(self) -> int:
-        return len(self.nodes)
+        """Tiers of the chain (segments); a tier may have several replicas."""
+        return self.nodes[-1].segment
 
-    def node(self, k: int) -> NodeSpec:
-        """Node ``k`` (1-based)."""
+    def replicas(self, k: int) -> list[NodeSpec]:
+        """Every replica of tier ``k`` (1-based), in file order."""
         if not 1 <= k <= self.num_nodes:
             raise SpecError(f"node {k} is not in {self.path}: nodes are numbered 1..{self.num_nodes}")
-        return self.nodes[k - 1]
+        return [n for n in self.nodes if n.segment == k]
 
-    def node_backend(self, k: int) -> tuple[str, Path | None, list[str]]:
+    def node(self, k: int, replica: int = 1) -> NodeSpec:
+        """Node ``k`` (1-based), replica ``replica`` (1-based) of its tier."""
+        reps = self.replicas(k)
+        if not 1 <= replica <= len(reps):
+            raise SpecError(
+                f"node {k} has no replica {replica} in {self.path}: its replicas are numbered 1..{len(reps)}"
+            )
+        return reps[replica - 1]
+
+    def members(self) -> list[tuple[int, int, NodeSpec]]:
+        """(tier, replica, node) of every node process of the spec."""
+        out: list[tuple[int, int, NodeSpec]] = []
+        for n in self.nodes:
+            r = 1 + sum(1 for k, _, _ in out if k == n.segment)
+            out.append((n.segment, r, n))
+        return out
+
+    def node_name(self, k: int, replica: int = 1) -> str:
+        """``"K"`` for a tier with one node, ``"K.R"`` for replica R of a replicated tier."""
+        return str(k) if len(self.replicas(k)) == 1 else f"{k}.{replica}"
+
+    def addresses(self, k: int) -> list[str]:
+        """The addresses of every replica of tier ``k``."""
+        return [n.address for n in self.replicas(k)]
+
+    def node_backend(self, k: int, replica: int = 1) -> tuple[str, Path | None, list[str]]:
         """Node ``k``'s backend, export folder and execution providers (its own keys, else the spec's)."""
-        n = self.node(k)
+        n = self.node(k, replica)
         return n.backend or self.backend, n.onnx_dir or self.onnx_dir, list(n.providers or self.providers)
 
     @property

@@ -12,7 +12,7 @@ profiling, :mod:`.profile`, loads a checkpoint only inside ``profile_device``).
 
 from .des import run_simpy
 from .results import SimResult, markdown_table, node_table, plot_results, plot_sweep
-from .run import SWEEP_VARIABLES, choose_engine, resolve_policy, simulate, sweep, vary
+from .run import SWEEP_VARIABLES, choose_engine, replica_tier, resolve_policy, simulate, smallest_meeting, sweep, vary
 from .scenario import (
     Cluster,
     Scenario,
@@ -45,7 +45,9 @@ __all__ = [
     "resolve_policy",
     "run_simpy",
     "run_vector",
+    "replica_tier",
     "simulate",
+    "smallest_meeting",
     "sweep",
     "vary",
 ]

@@ -12,6 +12,12 @@ its queue and the batch in service; those requests are answered by the node befo
 one that computed them) and flagged degraded, as in the runtime; at node 1 they are lost. A node
 whose successor is down when it decides to continue answers itself, degraded; a message reaching a
 node that went down while it travelled is answered by the sender, degraded.
+
+Replicas (``replicas > 1``): a tier is several such nodes, each with its own queue, link and
+failures. Each sender (the client, or each replica of the tier before) sends every message to the
+next replica in its own round-robin order that is up, like the runtime's gRPC channel with
+round_robin and health checking; requests dropped by a replica that fails, or reaching it after it
+failed, go to another replica that is up (the runtime's retry), and are degraded only when none is.
 """
 
 from __future__ import annotations
@@ -82,8 +88,9 @@ class _Sim:
         self.degraded = np.zeros(r, dtype=bool)
         self.qos = np.zeros(r, dtype=bool)
         self.done = np.zeros(r, dtype=bool)
-        self.nodes = [_Node() for _ in range(self.n)]
-        self.link_free = np.zeros(self.n)  # uplink, hop 1..N-1
+        self.reps = [[_Node() for _ in range(nd.replicas)] for nd in cluster.nodes]  # tier -> replicas
+        self.rr: dict[tuple[int, int], int] = {}  # (tier, sending replica; -1 = client) -> next pick
+        self.link_free = [np.zeros(nd.replicas) for nd in cluster.nodes]  # uplink, hop 1..N-1: per replica
         self.link_busy = np.zeros(self.n)
         self.waiters: dict[int, simpy.Event] = {}
         self.labels = trace.labels if getattr(policy, "needs_labels", False) else None
@@ -125,36 +132,26 @@ class _Sim:
         """The node that answers for requests stranded before node ``i``: the nearest earlier node that is
         up (all of them computed the request); -1 (lost) when none is."""
         j = i - 1
-        while j >= 0 and not self.nodes[j].up:
+        while j >= 0 and not any(nd.up for nd in self.reps[j]):
             j -= 1
         return j
 
-    def _notify(self, ev: simpy.Event, delay: float) -> Any:
-        yield self.env.timeout(max(delay, 0.0))
-        ev.succeed()
+    def _pick(self, tier: int, sender: int) -> int | None:
+        """The replica of ``tier`` that ``sender`` sends to next: round robin over those that are up."""
+        reps = self.reps[tier]
+        if len(reps) == 1:
+            return 0 if reps[0].up else None
+        start = self.rr.get((tier, sender), 0)
+        for d in range(len(reps)):
+            r = (start + d) % len(reps)
+            if reps[r].up:
+                self.rr[(tier, sender)] = r + 1
+                return r
+        return None
 
-    def _send(self, link: int, items: list[tuple[int, dict[str, np.ndarray]]], nbytes: float, dest: int,
-              sender: int) -> None:  # fmt: skip
-        """FIFO link ``link`` (0 = uplink) carries one message to node ``dest``."""
-        ln = self.c.uplink if link == 0 else self.c.hops[link - 1]
-        now = self.env.now
-        start = max(now, float(self.link_free[link]))
-        fin = float(ln.bandwidth.finish_time(start, nbytes))
-        self.link_free[link] = fin
-        self.link_busy[link] += fin - start
-        self.env.process(self._deliver(fin + ln.delay_s - now, items, dest, sender))
-
-    def _deliver(self, delay: float, items: list[tuple[int, dict[str, np.ndarray]]], dest: int, sender: int) -> Any:
-        yield self.env.timeout(delay)
-        node = self.nodes[dest]
-        now = self.env.now
-        if not node.up:
-            fallback = self._fallback(dest)
-            for req, _ in items:
-                self._answer(req, fallback, now, degraded=True)
-            return
-        for req, st in items:
-            node.queue.append((req, now, st))
+    def _enqueue(self, dest: int, r: int, items: list[tuple[int, float, dict[str, np.ndarray]]]) -> None:
+        node = self.reps[dest][r]
+        node.queue.extend(items)
         if (
             node.wake is not None
             and not node.wake.triggered
@@ -162,10 +159,39 @@ class _Sim:
         ):
             node.wake.succeed()
 
+    def _notify(self, ev: simpy.Event, delay: float) -> Any:
+        yield self.env.timeout(max(delay, 0.0))
+        ev.succeed()
+
+    def _send(self, link: int, items: list[tuple[int, dict[str, np.ndarray]]], nbytes: float, dest: int,
+              sender: int, r: int) -> None:  # fmt: skip
+        """FIFO link ``link`` (0 = uplink) carries one message to replica ``r`` of node ``dest``."""
+        ln = self.c.uplink if link == 0 else self.c.hops[link - 1]
+        now = self.env.now
+        start = max(now, float(self.link_free[link][r]))
+        fin = float(ln.bandwidth.finish_time(start, nbytes))
+        self.link_free[link][r] = fin
+        self.link_busy[link] += fin - start
+        self.env.process(self._deliver(fin + ln.delay_s - now, items, dest, sender, r))
+
+    def _deliver(self, delay: float, items: list[tuple[int, dict[str, np.ndarray]]], dest: int, sender: int,
+                 r: int) -> Any:  # fmt: skip
+        yield self.env.timeout(delay)
+        now = self.env.now
+        if not self.reps[dest][r].up:
+            r2 = self._pick(dest, sender)
+            if r2 is None:
+                fallback = self._fallback(dest)
+                for req, _ in items:
+                    self._answer(req, fallback, now, degraded=True)
+                return
+            r = r2
+        self._enqueue(dest, r, [(req, now, st) for req, st in items])
+
     # ------------------------------------------------------------------ processes
-    def _server(self, i: int) -> Any:
+    def _server(self, i: int, r: int) -> Any:
         env = self.env
-        node = self.nodes[i]
+        node = self.reps[i][r]
         spec = self.c.nodes[i]
         while True:
             if not node.up:
@@ -205,9 +231,9 @@ class _Sim:
             node.served += len(batch)
             for _, arrived, _ in batch:
                 node.wait += start - arrived
-            self._decide(i, batch)
+            self._decide(i, batch, r)
 
-    def _decide(self, i: int, batch: list[tuple[int, float, dict[str, np.ndarray]]]) -> None:
+    def _decide(self, i: int, batch: list[tuple[int, float, dict[str, np.ndarray]]], r: int = 0) -> None:
         now = self.env.now
         reqs = np.fromiter((b[0] for b in batch), dtype=np.int64, count=len(batch))
         samples = self.reqs.sample[reqs]
@@ -233,17 +259,18 @@ class _Sim:
         rest = np.flatnonzero(~ex)
         if rest.size == 0:
             return
-        if not self.nodes[i + 1].up:
+        nxt = self._pick(i + 1, r)
+        if nxt is None:
             for j in rest:
                 self._answer(int(reqs[j]), i, now, degraded=True)
             return
         items = [(int(reqs[j]), {k: np.asarray(v)[j : j + 1] for k, v in d.state.items()}) for j in rest]
-        self._send(i + 1, items, float(self.c.cost.hop_bytes[i]) * len(items), i + 1, i)
+        self._send(i + 1, items, float(self.c.cost.hop_bytes[i]) * len(items), i + 1, r, nxt)
 
-    def _failures(self, i: int) -> Any:
+    def _failures(self, i: int, r: int) -> Any:
         env = self.env
         spec = self.c.nodes[i]
-        node = self.nodes[i]
+        node = self.reps[i][r]
         while True:
             yield env.timeout(float(self.fail_rng.exponential(spec.mttf_s)))
             if self.finished >= self.reqs.count:
@@ -256,9 +283,13 @@ class _Sim:
             if node.in_service and node.proc is not None and node.proc.is_alive:
                 node.in_service = []
                 node.proc.interrupt("node down")
-            fallback = self._fallback(i)
-            for req, _, _ in dropped:
-                self._answer(req, fallback, env.now, degraded=True)
+            other = self._pick(i, -2) if dropped else None  # the runtime retries them on another replica
+            if other is not None:
+                self._enqueue(i, other, dropped)
+            else:
+                fallback = self._fallback(i)
+                for req, _, _ in dropped:
+                    self._answer(req, fallback, env.now, degraded=True)
             yield env.timeout(float(self.fail_rng.exponential(spec.mttr_s)))
             node.up = True
             node.down_s += env.now - node.down_since
@@ -274,10 +305,11 @@ class _Sim:
 
     def _submit(self, req: int) -> None:
         self.arrival[req] = self.env.now
-        if not self.nodes[0].up:
+        r = self._pick(0, -1)
+        if r is None:
             self._answer(req, -1, self.env.now, degraded=True)
             return
-        self._send(0, [(req, {})], float(self.c.cost.input_bytes), 0, -1)
+        self._send(0, [(req, {})], float(self.c.cost.input_bytes), 0, -1, r)
 
     def _client(self) -> Any:
         env = self.env
@@ -295,9 +327,10 @@ class _Sim:
     def run(self) -> None:
         env = self.env
         for i in range(self.n):
-            self.nodes[i].proc = env.process(self._server(i))
-            if self.c.nodes[i].mttf_s > 0:
-                env.process(self._failures(i))
+            for r, node in enumerate(self.reps[i]):
+                node.proc = env.process(self._server(i, r))
+                if self.c.nodes[i].mttf_s > 0:
+                    env.process(self._failures(i, r))
         if self.reqs.arrival_s is None:
             for _ in range(self.clients):
                 env.process(self._client())
@@ -305,7 +338,7 @@ class _Sim:
             env.process(self._source())
         while self.finished < self.reqs.count and env.peek() != float("inf"):
             env.step()
-        for node in self.nodes:
+        for node in (nd for reps in self.reps for nd in reps):
             if not node.up:
                 node.down_s += env.now - node.down_since
 
@@ -332,13 +365,17 @@ def run_simpy(
     ans = records["answered_s"]
     makespan = float(np.nanmax(ans) - np.nanmin(sim.arrival)) if np.isfinite(ans).any() else 0.0
     n = cluster.num_nodes
+
+    def per_tier(attr: str, reduce: Any = np.sum) -> np.ndarray:
+        return np.array([reduce([getattr(nd, attr) for nd in reps]) for reps in sim.reps])
+
     return SimResult(
         records=records,
-        node_busy_s=np.array([nd.busy for nd in sim.nodes]),
-        node_wait_s=np.array([nd.wait for nd in sim.nodes]),
-        node_served=np.array([nd.served for nd in sim.nodes], dtype=np.int64),
-        node_batches=np.array([nd.batches for nd in sim.nodes], dtype=np.int64),
-        node_down_s=np.array([nd.down_s for nd in sim.nodes]),
+        node_busy_s=per_tier("busy", np.mean),  # per replica: utilisation stays a fraction of one device
+        node_wait_s=per_tier("wait"),
+        node_served=per_tier("served").astype(np.int64),
+        node_batches=per_tier("batches").astype(np.int64),
+        node_down_s=per_tier("down_s", np.mean),
         link_busy_s=sim.link_busy[:n].copy(),
         makespan_s=makespan,
         last_exit_flops=cluster.cost.last_exit_cost(),

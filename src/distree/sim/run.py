@@ -19,7 +19,17 @@ from .workload import make_requests
 
 log = logging.getLogger(__name__)
 
-SWEEP_VARIABLES = ("deadline_s", "load", "fluctuation")
+SWEEP_VARIABLES = ("deadline_s", "load", "fluctuation", "replicas")
+
+
+def replica_tier(variable: str) -> int | None:
+    """The tier of a ``replicas:K`` sweep variable (1-based); None for other variables."""
+    name, sep, k = variable.partition(":")
+    if name != "replicas":
+        return None
+    if not sep or not k.isdigit() or int(k) < 1:
+        raise ScenarioError(f"sweep variable {variable!r}: give the tier, e.g. replicas:2=1,2,3 (tier 2's replicas)")
+    return int(k)
 
 
 def resolve_policy(spec: str | Path | ExitPolicy, num_nodes: int) -> ExitPolicy:
@@ -104,7 +114,22 @@ def vary(sc: Scenario, variable: str, value: float) -> tuple[Scenario, float | N
         return s, None
     if variable == "fluctuation":
         return s, float(value)
-    raise ScenarioError(f"unknown sweep variable {variable!r}; use one of {SWEEP_VARIABLES}")
+    tier = replica_tier(variable)
+    if tier is not None:
+        if value < 1 or value != int(value):
+            raise ScenarioError(f"replica counts must be whole numbers >= 1, got {value:g}")
+        s.device_nodes[tier - 1] = {**s.device_nodes.get(tier - 1, {}), "replicas": int(value)}
+        return s, None
+    raise ScenarioError(f"unknown sweep variable {variable!r}; use one of {SWEEP_VARIABLES} (replicas:K)")
+
+
+def smallest_meeting(rows: list[dict[str, Any]], p99_s: float, policy: str | None = None) -> dict[str, Any] | None:
+    """The sweep row with the smallest value (e.g. replica count) whose p99 latency is <= ``p99_s`` with
+    nothing lost; None when no swept value meets it."""
+    ok = [
+        r for r in rows if (policy is None or r["policy"] == policy) and r["lost"] == 0 and r["latency_p99_s"] <= p99_s
+    ]
+    return min(ok, key=lambda r: r["value"]) if ok else None
 
 
 def sweep(

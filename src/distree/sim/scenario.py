@@ -111,6 +111,7 @@ class DeviceSpec(Schema):
     mttr_s: float = Field(1.0, gt=0)
     service: Literal["deterministic", "exponential", "lognormal"] = "deterministic"
     service_cv: float = Field(0.0, ge=0)  # coefficient of variation for lognormal
+    replicas: WholeInt = Field(1, ge=1)  # interchangeable devices of this tier (round robin over the up ones)
 
     @field_validator("speed", mode="before")
     @classmethod
@@ -333,6 +334,7 @@ class NodeModel:
     mttr_s: float = 1.0
     service: str = "deterministic"
     service_cv: float = 0.0
+    replicas: int = 1  # devices of this tier, each with this model (failures: each on its own)
 
     def batch_s(self, b: int) -> float:
         return self.compute_s * (1.0 + self.batch_marginal * (b - 1))
@@ -500,7 +502,17 @@ def build_cluster(sc: Scenario, cost: CostProfile, *, speed_intensity: float | N
             head = comp * float(cost.exit_flops[i]) / max(per_node_flops[i], 1.0)
         nodes.append(
             NodeModel(
-                comp, speed, head, d.max_batch, d.max_delay_s, marginal, d.mttf_s, d.mttr_s, d.service, d.service_cv
+                comp,
+                speed,
+                head,
+                d.max_batch,
+                d.max_delay_s,
+                marginal,
+                d.mttf_s,
+                d.mttr_s,
+                d.service,
+                d.service_cv,
+                d.replicas,
             )  # fmt: skip
         )
     hops: list[LinkModel] = []

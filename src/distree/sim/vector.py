@@ -117,6 +117,8 @@ def unsupported_reason(cluster: Cluster, open_loop: bool) -> str | None:
             return f"batching at node {i + 1}"
         if nd.mttf_s > 0:
             return f"failures at node {i + 1}"
+        if nd.replicas > 1:
+            return f"replicas at node {i + 1}"
     return None
 
 
