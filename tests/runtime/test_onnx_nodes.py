@@ -18,7 +18,6 @@ from distree.backends.onnxrt import OnnxBackend
 from distree.policies import load_policy
 from distree.runtime import ClusterClient, load_spec, node_info
 from distree.runtime.cluster import LocalCluster, free_ports
-from distree.runtime.kserve import parse_infer
 from distree.runtime.spec import spec_toml
 
 pytestmark = pytest.mark.xdist_group("onnx-export")
@@ -41,16 +40,13 @@ NO_TORCH = textwrap.dedent(
 
 
 def _normalised(rt: Artifacts, images: np.ndarray) -> np.ndarray:
-    """Node 1's input for uint8 images, computed by the same code node 1 runs."""
+    """Node 1's input for uint8 images, computed as node 1 computes it (distree.runtime.oip.parse)."""
     from distree.checkpoint import read_sidecar
-    from distree.runtime.client import build_request
 
-    side = read_sidecar(rt.checkpoint)
-    req = build_request(images, model_name="distree", request_id="x")
-    x, _, _ = parse_infer(
-        req, model_name="distree", input_shape=images.shape[1:], max_batch=1024, normalization=side["normalization"]
-    )
-    return x
+    norm = read_sidecar(rt.checkpoint)["normalization"]
+    m = np.asarray(norm["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(norm["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+    return (images.astype(np.float32) / np.float32(255.0) - m) / s
 
 
 def _offline(rt: Artifacts, chain: list, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,9 +155,9 @@ def test_onnx_nodes_serve_where_torch_cannot_be_imported(rt, tiny_export, tmp_pa
     try:
         cluster.start(timeout_s=120)
         got_exit, got_pred = _answers(spec.nodes[0].address, images)
-        onnx_rss = [_rss_kb(cluster.procs[k].pid) for k in (1, 2)]
+        onnx_rss = [_rss_kb(cluster.procs[(k, 1)].pid) for k in (1, 2)]
         for k in (1, 2):
-            maps = Path(f"/proc/{cluster.procs[k].pid}/maps").read_text()
+            maps = Path(f"/proc/{cluster.procs[(k, 1)].pid}/maps").read_text()
             assert "libtorch" not in maps, f"node {k} loaded torch"
     finally:
         cluster.stop(timeout_s=10)
@@ -175,7 +171,7 @@ def test_onnx_nodes_serve_where_torch_cannot_be_imported(rt, tiny_export, tmp_pa
     tspec = load_spec(tpath)
     with running(tspec, log_dir=tmp_path / "torch-logs") as tc:
         _answers(tspec.nodes[0].address, images[:5])
-        torch_rss = [_rss_kb(tc.procs[k].pid) for k in (1, 2)]
+        torch_rss = [_rss_kb(tc.procs[(k, 1)].pid) for k in (1, 2)]
     ratio = [o / t for o, t in zip(onnx_rss, torch_rss, strict=True)]
     # measured ~0.3-0.4 here; a generous bound that still fails if torch creeps back into the process
     assert max(ratio) < 0.7, (onnx_rss, torch_rss)
