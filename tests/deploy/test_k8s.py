@@ -105,3 +105,15 @@ def test_deploy_cli(tmp_path):
     res = CliRunner().invoke(app, ["deploy", "k8s", "--spec", str(FIX / "cluster.toml"), "--image", "i", "--out",
                                    str(tmp_path / "m"), "--pool", "jetson"])  # fmt: skip
     assert res.exit_code == 2 and "--pool takes TIER=VALUE" in res.output
+
+
+def test_the_chain_token_is_mounted_from_a_secret_and_named_in_the_pods_spec(tmp_path):
+    spec = load_spec(FIX / "cluster.toml")
+    write_manifests(spec, K8sOptions(**OPTS), tmp_path)
+    docs = _kinds(tmp_path)
+    pod = docs["tier2.yaml"][0]["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "tokens")
+    assert vol["secret"] == {"secretName": "digits-tokens", "defaultMode": 0o400}
+    assert {"name": "tokens", "mountPath": "/etc/distree/tokens", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    pods_spec = docs["configmap.yaml"][0]["data"]["cluster.toml"]
+    assert 'token_file = "/etc/distree/tokens/chain.token"' in pods_spec

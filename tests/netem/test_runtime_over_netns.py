@@ -28,7 +28,7 @@ CLIENT = textwrap.dedent(
     import numpy as np
     from distree.runtime import ClusterClient
     addr, deadline = sys.argv[1], float(sys.argv[2])
-    x = np.random.default_rng(0).integers(0, 256, size=(1, 1, 8, 8), dtype=np.uint8).astype(np.float32)
+    x = np.random.default_rng(0).integers(0, 256, size=(1, 1, 8, 8), dtype=np.uint8)
     out = []
     with ClusterClient(addr) as c:
         for i in range(14):

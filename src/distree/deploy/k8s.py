@@ -6,7 +6,8 @@ Prometheus scrape annotations) and a headless Service, so that tier K-1 resolves
 replica of tier K through DNS and balances over them with gRPC's round robin
 (:mod:`distree.runtime.balancing`). One ConfigMap holds the spec as the pods see it (one node per
 tier, addressed by its Service's DNS name) and the policy file. TLS material is referenced as
-Secrets (``<name>-tls-tierK``: ``ca.crt``, ``tls.crt``, ``tls.key``), never written. The checkpoint
+Secrets (``<name>-tls-tierK``: ``ca.crt``, ``tls.crt``, ``tls.key``), never written, and so are the
+access tokens (``<name>-tokens``: ``chain.token``, ``clients.tokens``). The checkpoint
 is part of the node image (:func:`containerfile`).
 """
 
@@ -26,6 +27,7 @@ GRPC_PORT = 7000
 METRICS_PORT = 9100
 CONFIG_DIR = "/etc/distree"
 TLS_DIR = "/etc/distree/tls"
+TOKENS_DIR = "/etc/distree/tokens"  # the Secret <name>-tokens: chain.token, clients.tokens (see docs/security.md)
 CHECKPOINT_DIR = "/models/checkpoint"
 LABEL = "app.kubernetes.io"
 
@@ -76,8 +78,15 @@ def pod_spec_toml(spec: ClusterSpec, opts: K8sOptions) -> str:
     options = spec.model_dump(
         mode="json",
         exclude_defaults=True,
-        exclude={"format_version", "checkpoint", "policy", "tls", "nodes", "batching"},
+        exclude={"format_version", "checkpoint", "policy", "tls", "nodes", "batching", "access"},
     )
+    access = spec.access.model_dump(mode="json", exclude_defaults=True)
+    if spec.access.token_file is not None:
+        access["token_file"] = f"{TOKENS_DIR}/chain.token"
+    if spec.access.client_tokens_file is not None:
+        access["client_tokens_file"] = f"{TOKENS_DIR}/clients.tokens"
+    if access:
+        options["access"] = access
     tls = None
     if spec.tls is not None:
         tls = {"ca": f"{TLS_DIR}/ca.crt", "client_auth": spec.tls.client_auth}
@@ -142,6 +151,10 @@ def deployment(spec: ClusterSpec, opts: K8sOptions, k: int) -> dict[str, Any]:
     if spec.tls is not None:
         container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": f"{opts.name}-tls-tier{k}"}})
+    if spec.access.token_file is not None or spec.access.client_tokens_file is not None:
+        container["volumeMounts"].append({"name": "tokens", "mountPath": TOKENS_DIR, "readOnly": True})
+        # mode 0400: a node refuses a token file others can read
+        volumes.append({"name": "tokens", "secret": {"secretName": f"{opts.name}-tokens", "defaultMode": 0o400}})
     pod_labels = {**_labels(opts, k), "distree.io/backend": backend}
     return {
         "apiVersion": "apps/v1",
