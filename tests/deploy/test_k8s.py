@@ -114,6 +114,8 @@ def test_the_chain_token_is_mounted_from_a_secret_and_named_in_the_pods_spec(tmp
     pod = docs["tier2.yaml"][0]["spec"]["template"]["spec"]
     vol = next(v for v in pod["volumes"] if v["name"] == "tokens")
     assert vol["secret"] == {"secretName": "digits-tokens", "defaultMode": 0o400}
-    assert {"name": "tokens", "mountPath": "/etc/distree/tokens", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert {"name": "tokens", "mountPath": "/etc/distree/tokens", "readOnly": True} in pod["containers"][0][
+        "volumeMounts"
+    ]
     pods_spec = docs["configmap.yaml"][0]["data"]["cluster.toml"]
     assert 'token_file = "/etc/distree/tokens/chain.token"' in pods_spec
