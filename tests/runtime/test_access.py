@@ -229,7 +229,8 @@ def test_bytes_that_are_not_a_message_get_invalid_argument(rt, tmp_path):
                     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, ei.value.details())
                     assert "not a valid protobuf message" in ei.value.details()
         with ClusterClient(spec.nodes[0].address) as c:  # still serving
-            assert int(c.infer(rt.images[:1]).exit_node[0]) == 4
+            r = c.infer(rt.images[:1])
+            assert int(r.exit_node[0]) == 4 or r.degraded[0], r
 
 
 def test_inputs_far_outside_the_normalised_range_are_refused(rt, tmp_path):
