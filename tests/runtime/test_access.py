@@ -168,47 +168,14 @@ def test_keys_are_private_from_creation_and_certificates_carry_roles(tmp_path):
         cert = x509.load_pem_x509_certificate(paths[name].read_bytes())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.UniformResourceIdentifier) == [uri]
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distree",
-            "certs",
-            "issue",
-            "--ca-dir",
-            str(tmp_path),
-            "--name",
-            "edge3",
-            "--host",
-            "10.0.0.3",
-            "--role",
-            "node",
-        ],
-        capture_output=True,
-        text=True,
-    )
+
+    def issue(*extra: str) -> subprocess.CompletedProcess:
+        args = ["certs", "issue", "--ca-dir", str(tmp_path), "--name", "edge3", "--host", "10.0.0.3", *extra]
+        return subprocess.run([sys.executable, "-m", "distree", *args], capture_output=True, text=True)
+
+    r = issue("--role", "node")
     assert r.returncode != 0 and "--role node needs --tier K" in r.stdout + r.stderr
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distree",
-            "certs",
-            "issue",
-            "--ca-dir",
-            str(tmp_path),
-            "--name",
-            "edge3",
-            "--host",
-            "10.0.0.3",
-            "--role",
-            "node",
-            "--tier",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = issue("--role", "node", "--tier", "3")
     assert r.returncode == 0 and "distree://node/3" in r.stdout, r.stdout + r.stderr
 
 

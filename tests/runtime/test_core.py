@@ -292,6 +292,21 @@ def test_nominal_compute_is_the_emulated_device_time(unit: Unit, speed, expected
     assert [a.exit_node for a in c.answers] == [4, 4]  # the last node always answers
 
 
+async def queued_together(core, calls: list) -> list:
+    """Submit ``(ids, x, state)`` calls while the node is busy so they queue, then let one worker pass
+    take them; each call's chunk, or the exception it was refused with."""
+    await core.start()
+    try:
+        core.batcher.busy = True
+        tasks = [asyncio.ensure_future(core.submit(ids, x, st, [math.inf] * len(ids))) for ids, x, st in calls]
+        await asyncio.sleep(0)
+        core.batcher.busy = False
+        core.batcher._kick()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await core.close()
+
+
 def test_a_forward_whose_state_the_policy_cannot_use_is_refused_alone(unit: Unit):
     """With dynamic batching, a Forward without the policy state its node needs is refused with a clear
     error; requests queued with it keep their own answers (it never joins their batch)."""
@@ -300,22 +315,9 @@ def test_a_forward_whose_state_the_policy_cannot_use_is_refused_alone(unit: Unit
     shape = unit.in_shape(2)
     good = {"pred": np.array([0], np.int32), "run": np.array([1], np.int32)}
 
-    async def go():
-        await core.start()
-        try:
-            core.batcher.busy = True  # let everything queue, then one worker pass
-            tasks = [
-                asyncio.ensure_future(core.submit([f"g{i}"], rows(shape, [0], [i]), good, [math.inf])) for i in range(3)
-            ]
-            tasks.insert(1, asyncio.ensure_future(core.submit(["bad"], rows(shape, [0], [9]), {}, [math.inf])))
-            await asyncio.sleep(0)
-            core.batcher.busy = False
-            core.batcher._kick()
-            return await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            await core.close()
-
-    res = run(go())
+    calls = [([f"g{i}"], rows(shape, [0], [i]), good) for i in range(3)]
+    calls.insert(1, (["bad"], rows(shape, [0], [9]), {}))
+    res = run(queued_together(core, calls))
     assert isinstance(res[1], BadTensor) and "needs the state carried from node 0 (keys 'pred', 'run')" in str(res[1])
     oks = [r for i, r in enumerate(res) if i != 1]
     assert [a.exit_node for r in oks for a in r.answers] == [2, 2, 2]  # run 1 -> 2: each exits, none degraded
@@ -332,23 +334,16 @@ def test_an_input_that_makes_logits_non_finite_is_refused_and_its_batch_mates_an
     core = unit.core(2, backend=Overflow(), spec=unit.spec("batching8c", batching={"max_batch_size": 8}))
     shape = unit.in_shape(2)
 
-    async def go():
-        await core.start()
-        try:
-            core.batcher.busy = True
-            tasks = [
-                asyncio.ensure_future(core.submit(["a"], rows(shape, [1], [1.0]), {}, [math.inf])),
-                asyncio.ensure_future(core.submit(["b0", "b1"], rows(shape, [1, 0], [2.0, 3e38]), {}, [math.inf] * 2)),
-                asyncio.ensure_future(core.submit(["c"], rows(shape, [0], [4.0]), {}, [math.inf])),
-            ]
-            await asyncio.sleep(0)
-            core.batcher.busy = False
-            core.batcher._kick()
-            return await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            await core.close()
-
-    a, b, c = run(go())
+    a, b, c = run(
+        queued_together(
+            core,
+            [
+                (["a"], rows(shape, [1], [1.0]), {}),
+                (["b0", "b1"], rows(shape, [1, 0], [2.0, 3e38]), {}),
+                (["c"], rows(shape, [0], [4.0]), {}),
+            ],
+        )
+    )
     assert isinstance(b, BadTensor) and "row 1 of the request makes node 2 compute non-finite logits" in str(b)
     assert a.answers[0].exit_node == 2 and c.answers[0].exit_node == 3 and c.answers[0].score == 4.0
     assert [list(r.request_ids) for r, _ in core.link.successor.calls] == [["c"]]  # nothing of b goes on
