@@ -71,9 +71,13 @@ def cluster_up(
         console.print(f"supervisor pid {pid} (log {log_file}) restarts nodes that exit; pids in {s.pid_file}")
         console.print(f"stop with `distree cluster down --spec {spec}`")
         return
-    cluster = LocalCluster(s, log_dir=log_dir, supervisor_pid=os.getpid())
+    cluster = LocalCluster(s, log_dir=log_dir)
     guarded(lambda: cluster.start(timeout_s=timeout_s), RuntimeError, TimeoutError)
     sup = Supervision(cluster, metrics_port)
+    # the supervisor's pid enters the pid file only now: `cluster up --detach` returns once it is there,
+    # so a node that exits from then on is restarted (one that exits while starting fails the start)
+    cluster.supervisor_pid = os.getpid()
+    cluster.write_pids()
     _print_table(spec, s, cluster.pids())
     if metrics_port:
         console.print(f"supervisor metrics: http://127.0.0.1:{metrics_port}/metrics")

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 #: How long a starting node waits for its successor before it reports SERVING anyway.
 SUCCESSOR_WAIT_S = 30.0
+#: How long a draining node keeps accepting calls after it reports NOT_SERVING: the time its callers'
+#: health watches take to move new calls to another replica before the listener closes.
+DRAIN_DELAY_S = 1.0
 
 
 async def serve_node(
@@ -121,6 +124,8 @@ async def serve_node(
     if plane is not None:
         plane.ready = False  # new requests get UNAVAILABLE / 503; those in flight finish
     await health.enter_graceful_shutdown()
+    if len(spec.replicas(k)) > 1:  # callers have another replica to move to: give their health watches time
+        await asyncio.sleep(min(DRAIN_DELAY_S, grace_s))
     await asyncio.gather(server.stop(grace_s), rest.stop() if rest is not None else asyncio.sleep(0))
     await core.close()
     log.info("node %d stopped", k, extra={"event": "stopped", "node": k})

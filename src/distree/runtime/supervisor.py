@@ -115,7 +115,8 @@ def start_detached(
     grace_s: float = 15.0,
 ) -> tuple[int, Path]:
     """Start a supervisor process for ``spec`` in the background; return (its pid, its log file) once
-    every node is healthy. Raises RuntimeError (with the log's tail) if it exits while starting."""
+    every node is healthy and the supervisor supervises (its pid is in the pid file). Raises
+    RuntimeError (with the log's tail) if it exits while starting."""
     from .client import wait_healthy
     from .tls import spec_client_tls
 
@@ -133,7 +134,7 @@ def start_detached(
     tls = spec_client_tls(spec)
     end = time.monotonic() + timeout_s + 10
     pending = [n.address for n in spec.nodes]
-    while pending:
+    while pending or read_pid_file(spec).get(SUPERVISOR) != p.pid:
         if p.poll() is not None:
             tail = log_file.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"the supervisor exited with code {p.returncode} while starting; {log_file}:\n{tail}")
@@ -141,7 +142,9 @@ def start_detached(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
             raise TimeoutError(f"the cluster was not healthy after {timeout_s:.0f} s; see {log_file}")
-        if wait_healthy(pending[0], tls=tls, timeout_s=0.5):
+        if not pending:
+            time.sleep(0.05)
+        elif wait_healthy(pending[0], tls=tls, timeout_s=0.5):
             pending.pop(0)
     return p.pid, log_file
 
