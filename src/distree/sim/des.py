@@ -241,7 +241,11 @@ class _Sim:
         state = {k: np.concatenate([s[k] for s in states], axis=0) for k in states[0]} if states[0] else {}
         remaining = self.reqs.deadline_s[reqs] - (now - self.arrival[reqs])
         last = i == self.n - 1
-        cont = np.full(reqs.size, float(self.c.continue_estimate(i, now)) if not last else 0.0)
+        cont = np.zeros(reqs.size)
+        if not last:  # the wait behind what is queued on the outgoing link counts (the replicas' soonest free)
+            up = [r2 for r2, rep in enumerate(self.reps[i + 1]) if rep.up] or list(range(len(self.reps[i + 1])))
+            free = min(float(self.link_free[i + 1][r2]) for r2 in up)
+            cont[:] = float(self.c.continue_estimate(i, now, free))
         d = self.policy.decide(
             ExitInputs(
                 node=i,

@@ -395,20 +395,23 @@ class Cluster:
         out = cur - t0
         return float(out) if np.ndim(t) == 0 else out
 
-    def continue_estimate(self, node: int, t: Any) -> Any:
+    def continue_estimate(self, node: int, t: Any, link_free: Any = None) -> Any:
         """The node's estimate at ``t`` of the time until the answer if the request continues to node+1
-        and exits there: the hop's transfer (at the link's bandwidth from ``t`` on) + delay, the next segment
-        and head (at the next device's speed) and the answer's typical way back. Queues downstream are not
-        known to the node and not included."""
+        and exits there: the wait for what is already queued on its outgoing link (the link is busy until
+        ``link_free``; None: idle), the hop's transfer (at the link's bandwidth from then on) + delay, the
+        next segment and head (at the next device's speed) and the answer's typical way back. Queues
+        downstream are not known to the node and not included."""
         hop = self.hops[node]
         nbytes = float(self.cost.hop_bytes[node])
         nxt = self.nodes[node + 1]
         back = self.typical_return_s(node + 1)
-        if np.ndim(t) == 0:
-            arr1 = hop.bandwidth.finish_time(float(t), nbytes) + hop.delay_s
+        if np.ndim(t) == 0 and np.ndim(link_free) == 0:
+            start = float(t) if link_free is None else max(float(t), float(link_free))
+            arr1 = hop.bandwidth.finish_time(start, nbytes) + hop.delay_s
             return nxt.speed.finish_time(arr1, nxt.compute_s) + back - float(t)
         t0 = np.asarray(t, dtype=np.float64)
-        arr = np.asarray(hop.bandwidth.finish_time(t0, nbytes), dtype=np.float64) + hop.delay_s
+        start_a = t0 if link_free is None else np.maximum(t0, np.asarray(link_free, dtype=np.float64))
+        arr = np.asarray(hop.bandwidth.finish_time(start_a, nbytes), dtype=np.float64) + hop.delay_s
         done = np.asarray(nxt.speed.finish_time(arr, nxt.compute_s), dtype=np.float64)
         return done + back - t0
 

@@ -68,6 +68,39 @@ def fifo(
     return start, d
 
 
+def deadline_exits(cluster: Cluster, i: int, fin: np.ndarray, remaining: np.ndarray, going: np.ndarray) -> np.ndarray:
+    """Which of the requests ``going`` on from node ``i`` (decided at the sorted times ``fin``) the
+    deadline rule stops there: those whose ``remaining`` time is below the continue estimate, the wait
+    behind the transfers already queued on the outgoing link included. Sequential: whether a request
+    leaves decides the backlog the next one sees."""
+    qos = np.zeros(fin.size, dtype=bool)
+    todo = np.flatnonzero(going & np.isfinite(remaining))
+    if todo.size == 0:
+        return qos
+    bw, nbytes = cluster.hops[i].bandwidth, float(cluster.cost.hop_bytes[i])
+    free = -np.inf
+    nxt = cluster.nodes[i + 1]
+    if bw.is_constant and nxt.speed.is_constant:  # the same arithmetic in plain floats (the common case)
+        xfer = nbytes / (float(bw.rate.rates[0]) * _MBIT)
+        rest = float(cluster.continue_estimate(i, 0.0)) - xfer  # delay + next compute + way back
+        for k, t, left in zip(
+            np.flatnonzero(going).tolist(), fin[going].tolist(), remaining[going].tolist(), strict=True
+        ):
+            start = t if t > free else free
+            if left < start + xfer + rest - t:
+                qos[k] = True
+            else:
+                free = start + xfer
+        return qos
+    for k in np.flatnonzero(going):
+        t = float(fin[k])
+        if np.isfinite(remaining[k]) and remaining[k] < cluster.continue_estimate(i, t, max(t, free)):
+            qos[k] = True
+        else:
+            free = float(bw.finish_time(max(t, free), nbytes))
+    return qos
+
+
 def decide_chunked(
     policy: ExitPolicy,
     node: int,
@@ -166,8 +199,13 @@ def run_vector(
         node_wait[i] = float(np.sum(start - a))
         node_served[i] = idx.size
         remaining = reqs.deadline_s[idx] - (fin - arrival[idx])
-        cont = np.asarray(cluster.continue_estimate(i, fin), dtype=np.float64) if i < n - 1 else np.zeros(idx.size)
-        ex, qos, state = decide_chunked(policy, i, trace, reqs.sample[idx], state, remaining, cont)
+        # exits by score first (no deadline); then the deadline rule in arrival order, each request seeing
+        # what the ones before it queued on the outgoing link
+        no_dl = np.full(idx.size, np.inf)
+        ex, qos, state = decide_chunked(policy, i, trace, reqs.sample[idx], state, no_dl, np.zeros(idx.size))
+        if i < n - 1:
+            qos = deadline_exits(cluster, i, fin, remaining, ~ex)
+            ex |= qos
         if i == n - 1:
             ex[:] = True
         done = idx[ex]
