@@ -109,3 +109,46 @@ def check_printed_against_files(out: Path, text: str) -> None:
         want += [1000 * a[f"latency_p{q}_s"] for q in (50, 95, 99)]
         want += [100 * a["deadline_miss_rate"], 100 * a["qos_exit_rate"], 100 * a["degraded_rate"]]
         _matches(rows[name][:9], want, name)
+
+
+@pytest.mark.timeout(600)
+def test_demo_with_a_trained_checkpoint_skips_training(tiny_checkpoint, tmp_path):
+    """`distree demo --checkpoint DIR`: no training; the rest runs on that checkpoint's dataset."""
+    out = tmp_path / "demo"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distree",
+            "demo",
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--limit",
+            "120",
+            "--no-serve",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env={**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"},
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"1. using the trained checkpoint {tiny_checkpoint} (synthetic); no training" in res.stdout
+    assert "$ distree train" not in res.stdout and not (out / "checkpoint").exists()
+    assert "[bold" not in res.stdout  # titles are styled, not printed as markup
+    for split in ("val", "test"):  # the synthetic val split is smaller than the limit
+        assert 0 < load_trace(out / f"{split}.trace.safetensors").num_samples <= 120
+    assert (out / "evaluation" / "report.md").is_file() and any((out / "simulation").glob("*.png"))
+
+
+def test_demo_refuses_a_folder_that_is_no_checkpoint(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "distree", "demo", "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode != 0
+    assert f"--checkpoint {tmp_path}" in res.stderr + res.stdout
