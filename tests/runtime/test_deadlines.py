@@ -74,3 +74,19 @@ def test_nominal_compute_emulates_a_profiled_device(rt, tmp_path, speed, expecte
     est, took = asyncio.run(run())
     assert 0.9 * expected_ms <= 1000 * est <= 1.5 * expected_ms, est
     assert 0.9 * expected_ms <= 1000 * float(np.median(took)) <= 2.0 * expected_ms, took
+
+
+def test_open_loop_deadlines_count_from_each_send(rt):
+    """`infer_open_loop` builds its requests ahead of time but stamps each deadline as the request leaves:
+    requests sent long after the first still have their whole budget (they reach the last node)."""
+    from _rt import running
+
+    from distree.runtime import ClusterClient
+    from distree.runtime.client import infer_open_loop
+
+    spec = write_spec(rt, "openloop", policy=rt.last_exit)
+    xs = [rt.images[i % len(rt.images)][None] for i in range(12)]
+    with running(spec), ClusterClient(spec.addresses(1)) as client:
+        client.infer(xs[0])  # warm-up
+        out = infer_open_loop(client, xs, [0.1 * i for i in range(12)], deadline_s=1.0)
+    assert [int(r.exit_node[0]) for r in out] == [4] * 12, [tuple(r.reasons) for r in out]

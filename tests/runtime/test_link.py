@@ -172,3 +172,38 @@ def test_a_chain_link_works_over_any_transport():
 
     ok, bad = asyncio.run(go())
     assert ok.answers["a"].exit_node == 3 and bad.reason == "successor-error" and link.up
+
+
+def test_stale_estimates_are_refreshed_from_the_successor_info():
+    """One slow answer (a cold start, a slow spell) makes the continue estimate large enough that the
+    deadline rule stops forwarding; without new answers the estimate would never come down. The link asks
+    the successor's Info once its estimates are older than REFRESH_S and takes in what it reports."""
+    from distree.runtime.link import REFRESH_S
+
+    clock = ManualClock(start=NOW, wall_offset=WALL - NOW)
+    info = node_pb2.InfoResponse(est_compute_s=0.004, est_queue_s=0.0)
+
+    async def slow(req):
+        await clock.sleep(0.4)  # the answer took 0.4 s, reported as the callee's compute
+        return answer_all(req, exit_node=2, compute_s=0.4)
+
+    link = FakeLink(slow, clock=clock, info=info)
+
+    async def run():
+        await link.forward(["x"], np.zeros((1, 2), np.float32), {}, [math.inf])
+        high = link.continue_s()
+        link.refresh_if_stale()  # fresh: nothing to do
+        await asyncio.sleep(0)
+        assert link.continue_s() == high and len(link.successor.calls) == 1
+        for _ in range(30):  # the rule keeps answering locally; every REFRESH_S one Info call
+            clock.advance(REFRESH_S)
+            link.refresh_if_stale()
+            link.refresh_if_stale()  # at most one in flight
+            for _ in range(3):
+                await asyncio.sleep(0)
+        return high
+
+    high = asyncio.run(run())
+    assert high >= 0.4
+    assert link.continue_s() < 0.01  # back to what the successor reports (+ an instant round trip)
+    assert len(link.successor.calls) == 1  # no forward was needed for that

@@ -84,12 +84,18 @@ def build_request(
     for o in outputs or ():
         req.outputs.add(name=o)
     if timeout_s is not None:
-        now_us = int(time.time() * 1e6)
-        req.parameters["timeout"].int64_param = max(1, int(timeout_s * 1e6))
-        # absolute deadline and send time: exact where clocks are synchronised (node 1 takes the earliest)
-        req.parameters["deadline_unix_us"].int64_param = now_us + max(1, int(timeout_s * 1e6))
-        req.parameters["sent_unix_us"].int64_param = now_us
+        stamp_deadline(req, timeout_s)
     return req
+
+
+def stamp_deadline(req: pb.ModelInferRequest, timeout_s: float) -> None:
+    """Set the request's QoS deadline ``timeout_s`` from now: the relative ``timeout`` parameter, and the
+    absolute deadline and send time (exact where clocks are synchronised; node 1 takes the earliest).
+    Call it right before sending: a request built ahead of time would carry an earlier deadline."""
+    now_us = int(time.time() * 1e6)
+    req.parameters["timeout"].int64_param = max(1, int(timeout_s * 1e6))
+    req.parameters["deadline_unix_us"].int64_param = now_us + max(1, int(timeout_s * 1e6))
+    req.parameters["sent_unix_us"].int64_param = now_us
 
 
 def parse_response(resp: pb.ModelInferResponse) -> InferResult:
@@ -234,8 +240,8 @@ def infer_open_loop(
     ``sent_s``, if given, receives the times the requests really left (seconds from the start)."""
     if len(xs) != len(arrival_s):
         raise ValueError(f"need one arrival time per input, got {len(arrival_s)} for {len(xs)}")
-    reqs = [build_request(x, model_name=client.model_name, request_id=str(i), timeout_s=deadline_s)
-            for i, x in enumerate(xs)]  # fmt: skip
+    # built ahead (the send times stay on schedule); the deadline is stamped as each one leaves
+    reqs = [build_request(x, model_name=client.model_name, request_id=str(i)) for i, x in enumerate(xs)]
     out: list[InferResult | grpc.RpcError | None] = [None] * len(xs)
     left = [len(xs)]
     lock = threading.Lock()
@@ -260,6 +266,8 @@ def infer_open_loop(
         wait = t0 + float(arrival_s[i]) - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
+        if deadline_s is not None:
+            stamp_deadline(req, deadline_s)
         t_sent = time.perf_counter()
         if sent_s is not None:
             sent_s.append(t_sent - t0)

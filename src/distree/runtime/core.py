@@ -146,6 +146,14 @@ class NodeCore:
             work = float(self.speed.stretch(t, work))
         return max(work, real)
 
+    def compute_now_s(self) -> float:
+        """What a batch would take if it started now: on an emulated device its nominal work at the speed
+        the profile has now; else the recent measured compute (EWMA)."""
+        if self.speed is None and self.nominal_s is None:
+            return self.est_compute.value
+        rows = max(1, round(self.est_rows.value))
+        return self.emulated_s(self.clock.monotonic() - self.t0, self.est_pure.value, rows)
+
     def inline_compute(self, rows: int) -> bool:
         """Compute on the event loop (no thread hand-off) when it is short, else in the compute thread."""
         mode = self.spec.compute_mode
@@ -216,6 +224,8 @@ class NodeCore:
         if not self.is_last and min(batch.deadline) < math.inf:  # no deadline, no QoS rule
             inp.remaining_s = np.asarray(batch.deadline) - (self.margin + self.clock.monotonic())
             inp.continue_s = self.est_continue()
+            if self.link is not None:
+                self.link.refresh_if_stale()
         try:
             dec = self.policy.decide(inp)
         except ValueError as e:  # the callers' policy state does not fit the policy: refuse them, not the node
@@ -337,7 +347,7 @@ class NodeCore:
             num_nodes=self.spec.num_nodes,
             model=self.model_label,
             policy=self.policy.name,
-            est_compute_s=self.est_compute.value,
+            est_compute_s=self.compute_now_s(),
             est_queue_s=self.batcher.est_queue.value,
             est_hop_s=est.hop.value,
             est_next_s=est.next.value,

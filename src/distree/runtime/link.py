@@ -130,6 +130,12 @@ class LinkEstimates:
         return self.hop.value + self.next.value
 
 
+#: Estimates older than this (no answered forward since) are refreshed from the successor's Info before
+#: the deadline rule uses them: a node whose rule stops forwarding would otherwise keep a stale, high
+#: estimate (a cold first call, a slow spell of the successor) and never forward again.
+REFRESH_S = 0.5
+
+
 class Transport(Protocol):
     """What carries calls to the successor. Failures raise ``grpc.aio.AioRpcError``."""
 
@@ -151,6 +157,7 @@ class Link(Protocol):
 
     def back_s(self) -> float: ...
     def continue_s(self) -> float: ...
+    def refresh_if_stale(self) -> None: ...
     async def start(self) -> None: ...
     async def forward(
         self, ids: list[str], h: np.ndarray, state: dict[str, np.ndarray], deadline: list[float]
@@ -226,6 +233,8 @@ class ChainLink:
         self.forwards = 0
         self._probe: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._estimated_at = clock.monotonic()  # when the estimates last took in a measurement
+        self._refreshing = False
         self.metrics.successor_up.set(1)
 
     @classmethod
@@ -253,6 +262,26 @@ class ChainLink:
 
     def continue_s(self) -> float:
         return self.estimates.continue_s()
+
+    def refresh_if_stale(self) -> None:
+        """Start one Info call to the successor when the estimates are older than :data:`REFRESH_S`: its
+        round trip is a hop sample and its compute + queue estimate a successor sample."""
+        now = self.clock.monotonic()
+        if self.up and not self._refreshing and now - self._estimated_at >= REFRESH_S:
+            self._refreshing = True
+            self._spawn(self._refresh())
+
+    async def _refresh(self) -> None:
+        t = self.clock.monotonic()
+        try:
+            info = await self.transport.info(1.0)
+        except grpc.aio.AioRpcError:
+            return  # a forward will find out whether the successor is down
+        finally:
+            self._refreshing = False
+            self._estimated_at = self.clock.monotonic()
+        self.estimates.hop.update(self.clock.monotonic() - t)
+        self.estimates.next.update(info.est_compute_s + info.est_queue_s)
 
     async def start(self) -> None:
         self._spawn(self._seed())
@@ -313,6 +342,7 @@ class ChainLink:
             return Forwarded({}, reason, clock.monotonic() - t)
         rtt = clock.monotonic() - t
         self.metrics.hop_s.observe(self.estimates.update(rtt, resp))
+        self._estimated_at = clock.monotonic()
         return Forwarded({a.request_id: a for a in resp.answers}, "", rtt)
 
     # ------------------------------------------------------------------ up/down
