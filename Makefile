@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 PIP := $(BIN)/pip install -q -c $(CONSTRAINTS)
 
-.PHONY: venv install dev demo test lint format bench clean protos
+.PHONY: venv install dev demo test lint format bench clean protos reproduce
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,3 +54,10 @@ protos: dev
 		src/distree/runtime/protos/node.proto
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src \
 		src/distree/runtime/protos/kserve_v2.proto
+
+# docs/results.md from the committed CIFAR-10 checkpoint: `make reproduce DATA=DIR [QUICK=1]` (resumable)
+CHECKPOINT ?= checkpoints/wrn16-1-cifar10-distree
+REPRO_OUT ?= runs/reproduce$(if $(QUICK),-quick)
+reproduce: install
+	@test -n "$(DATA)" || { echo "give the CIFAR-10 folder: make reproduce DATA=DIR (see checkpoints/README.md)"; exit 2; }
+	$(BIN)/python experiments/reproduce.py --checkpoint $(CHECKPOINT) --data-dir $(DATA) --out $(REPRO_OUT) $(if $(QUICK),--quick)
