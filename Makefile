@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 PIP := $(BIN)/pip install -q -c $(CONSTRAINTS)
 
-.PHONY: venv install dev demo test lint format bench clean protos reproduce
+.PHONY: venv install dev demo test lint typecheck format bench clean protos reproduce
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: dev
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
 
+# mypy over src/distree ([tool.mypy] in pyproject.toml); the protobuf / gRPC stubs it reads are the committed ones
+typecheck: dev
+	$(BIN)/mypy
+
 format: dev
 	$(BIN)/ruff format src tests benchmarks experiments
 	$(BIN)/ruff check --fix src tests benchmarks experiments
@@ -48,11 +52,12 @@ bench: $(VENV)/.bench-installed
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
 
-# Regenerate the runtime's protobuf / gRPC modules (committed; needs grpcio-tools from the dev extra).
+# Regenerate the runtime's protobuf / gRPC modules and their type stubs (.pyi, by mypy-protobuf); all committed.
+# Needs grpcio-tools and mypy-protobuf from the dev extra (protoc finds mypy-protobuf's plugins on PATH).
 protos: dev
-	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src \
-		src/distree/runtime/protos/node.proto
-	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src \
+		--mypy_out=src --mypy_grpc_out=src src/distree/runtime/protos/node.proto
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I src --python_out=src --mypy_out=src \
 		src/distree/runtime/protos/kserve_v2.proto
 
 # docs/results.md from the committed CIFAR-10 checkpoint: `make reproduce DATA=DIR [QUICK=1]` (resumable)
