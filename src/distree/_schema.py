@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+from pydantic_core import ErrorDetails
 
 from .errors import DistreeError
 
@@ -186,7 +187,7 @@ def _allowed(model: type[BaseModel] | None) -> list[str]:
     return sorted(info.alias or name for name, info in model.model_fields.items())
 
 
-def _reason(e: dict[str, Any], table_word: str) -> str:
+def _reason(e: ErrorDetails, table_word: str) -> str:
     typ, inp, ctx = e["type"], e.get("input"), e.get("ctx") or {}
     if typ in _TYPE_WORDS:
         word = _TYPE_WORDS[typ].replace("a table", table_word)

@@ -206,7 +206,9 @@ def from_sequential(
     else:
         starts = partition_blocks(costs, num_nodes, speeds)
     ends = starts[1:] + [len(blocks)]
-    segments, exits, specs = [], [], []
+    segments: list[nn.Module] = []
+    exits: list[nn.Module] = []
+    specs: list[HeadSpec | None] = []
     for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
         segments.append(nn.Sequential(*blocks[s:e]))
         spec = final_head if k == num_nodes - 1 else head

@@ -12,22 +12,25 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import create_model
 
 from .._schema import Schema, validate
 from ..errors import PolicyError
 
+if TYPE_CHECKING:
+    from .base import ExitPolicy
 
-def declared_params(cls: type) -> dict[str, inspect.Parameter]:
+
+def declared_params(cls: type[ExitPolicy]) -> dict[str, inspect.Parameter]:
     """The keyword-only parameters of ``cls.__init__`` (its policy parameters), in declaration order."""
     sig = inspect.signature(cls.__init__)
     return {n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 @functools.cache
-def params_model(cls: type) -> type[Schema]:
+def params_model(cls: type[ExitPolicy]) -> type[Schema]:
     """A schema with one field per declared parameter (type hint and default from the signature)."""
     hints = typing.get_type_hints(cls.__init__, include_extras=True)
     fields: dict[str, Any] = {}
@@ -38,7 +41,7 @@ def params_model(cls: type) -> type[Schema]:
 
 
 def validate_params(
-    cls: type, params: dict[str, Any], *, source: str, loc_prefix: tuple[Any, ...] = ()
+    cls: type[ExitPolicy], params: dict[str, Any], *, source: str, loc_prefix: tuple[Any, ...] = ()
 ) -> dict[str, Any]:
     """Every declared parameter of ``cls`` (given or default), validated; else one-line :class:`PolicyError`."""
     m = validate(params_model(cls), params, source=source, error=PolicyError, loc_prefix=loc_prefix, noun="parameter")

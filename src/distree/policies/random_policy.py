@@ -31,7 +31,8 @@ class RandomPolicy(ExitPolicy):
         return 1.0 - np.asarray(exit_probs, dtype=np.float64)
 
     def score(self, node, logits, features, state, labels=None) -> tuple[np.ndarray, State]:
-        return self._rng.random(np.asarray(logits).shape[0]), state
+        batch = int(np.asarray(logits).shape[0])  # an int size: an array of draws, never one float
+        return self._rng.random(batch), state
 
     def score_matrix(self, logits, features=None, labels=None) -> np.ndarray:
         n, nn_, _ = logits.shape

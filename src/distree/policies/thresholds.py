@@ -23,6 +23,7 @@ module needs nothing beyond numpy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import numpy as np
@@ -32,8 +33,10 @@ HEADS_MODES: tuple[str, ...] = ("visited", "final")
 
 
 class _Costs(Protocol):
-    segment_flops: list[int]
-    exit_flops: list[int]
+    @property
+    def segment_flops(self) -> Sequence[int]: ...
+    @property
+    def exit_flops(self) -> Sequence[int]: ...
 
     def last_exit_cost(self) -> float: ...
 

@@ -136,7 +136,7 @@ class Trace:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
+        tensors: dict[str, np.ndarray] = {
             "logits": np.ascontiguousarray(self.logits, dtype=np.float32),
             "labels": np.ascontiguousarray(self.labels, dtype=np.int64),
             "sample_index": np.ascontiguousarray(self.sample_index, dtype=np.int64),
