@@ -296,7 +296,8 @@ class KernelLink(Link):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._layout: dict[str, list[tuple[str, ...]]] = {"forward": [], "backward": []}
+        # per direction, what is installed: [(position tokens, qdisc kind)]
+        self._layout: dict[str, list[tuple[tuple[str, ...], str]]] = {"forward": [], "backward": []}
 
     def _side(self, direction: str) -> tuple[str, str]:
         return (self.a.name, self.dev_a) if direction == "forward" else (self.b.name, self.dev_b)

@@ -14,6 +14,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,6 +104,10 @@ def _median_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
     return float(statistics.median(ts))
 
 
+def _segment_then_exit(segment: Callable[[Any], Any], head: Callable[[Any], Any], x: Any) -> Any:
+    return head(segment(x))
+
+
 def profile_device(
     checkpoint: str | Path | None,
     *,
@@ -166,8 +171,8 @@ def profile_device(
             seg = model.segments[i]
             head = model.exits[i]
             out = seg(h)
-            seg_s.append(_median_time(lambda seg=seg, h=h: seg(h), repeats, warmup))
-            exit_s.append(_median_time(lambda head=head, out=out: head(out), repeats, warmup))
+            seg_s.append(_median_time(partial(seg, h), repeats, warmup))
+            exit_s.append(_median_time(partial(head, out), repeats, warmup))
             step += 2
             if progress is not None:
                 progress(step, total_steps)
@@ -175,7 +180,7 @@ def profile_device(
             for b in bs[1:]:
                 hb = inputs[b]
                 batch_node_s[b].append(
-                    _median_time(lambda hb=hb, seg=seg, head=head: head(seg(hb)), max(3, repeats // 4), warmup)
+                    _median_time(partial(_segment_then_exit, seg, head, hb), max(3, repeats // 4), warmup)
                 )
                 inputs[b] = seg(hb)
                 step += 1

@@ -97,7 +97,8 @@ class SimResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = stem or f"{self.scenario}.{self.policy}"
         rec = out_dir / f"{stem}.records.npz"
-        np.savez_compressed(rec, **self.records)
+        # mypy checks a ** mapping against every keyword of numpy's stub, allow_pickle: bool included
+        np.savez_compressed(rec, **self.records)  # type: ignore[arg-type]
         agg = out_dir / f"{stem}.json"
         agg.write_text(json.dumps(self.aggregates(), indent=2, default=_json_default))
         return {"records": rec, "aggregates": agg}
@@ -162,7 +163,8 @@ def build_records(
 
 
 # ---------------------------------------------------------------------------- tables
-_COLUMNS = [
+# (key, header, format[, scale of a float])
+_COLUMNS: list[tuple[str, str, str] | tuple[str, str, str, float]] = [
     ("policy", "policy", "{}"),
     ("accuracy", "acc %", "{:.2f}", 100),
     ("compute_saved", "saved %", "{:.1f}", 100),

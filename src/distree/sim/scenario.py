@@ -386,7 +386,7 @@ class Cluster:
         if np.ndim(t) == 0:
             c = float(t)
             for ln in [*links, self.uplink]:
-                c = ln.bandwidth.finish_time(c, nbytes) + ln.delay_s
+                c = float(ln.bandwidth.finish_time(c, nbytes)) + ln.delay_s
             return c - float(t)
         t0 = np.asarray(t, dtype=np.float64)
         cur = t0.copy()
@@ -499,7 +499,13 @@ def build_cluster(sc: Scenario, cost: CostProfile, *, speed_intensity: float | N
             and sc.raw.get("devices", {}).get("batch_marginal") is None
         ):
             marginal = prof_marginal[i]
-        if prof_seconds is not None and d.seconds is None and d.flops_per_s is None and "exit_s" in sc.profile:
+        if (
+            prof_seconds is not None  # so sc.profile is not None either
+            and sc.profile is not None
+            and d.seconds is None
+            and d.flops_per_s is None
+            and "exit_s" in sc.profile
+        ):
             head = float(sc.profile["exit_s"][i])
         else:
             head = comp * float(cost.exit_flops[i]) / max(per_node_flops[i], 1.0)

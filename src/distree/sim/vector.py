@@ -92,10 +92,10 @@ def deadline_exits(cluster: Cluster, i: int, fin: np.ndarray, remaining: np.ndar
             else:
                 free = start + xfer
         return qos
-    for k in np.flatnonzero(going):
-        t = float(fin[k])
-        if np.isfinite(remaining[k]) and remaining[k] < cluster.continue_estimate(i, t, max(t, free)):
-            qos[k] = True
+    for j in np.flatnonzero(going):
+        t = float(fin[j])
+        if np.isfinite(remaining[j]) and remaining[j] < cluster.continue_estimate(i, t, max(t, free)):
+            qos[j] = True
         else:
             free = float(bw.finish_time(max(t, free), nbytes))
     return qos
