@@ -96,7 +96,7 @@ def _quiet_exporter() -> Iterator[io.StringIO]:
             log.debug("torch.onnx output:\n%s", buf.getvalue())
 
 
-def stamp(path: Path, props: dict[str, str]) -> None:
+def stamp(path: Path, props: dict[str, str | int]) -> None:
     """Set distree's metadata_props on an ONNX file (keeps the others) and check the file."""
     import onnx
 

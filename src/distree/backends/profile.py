@@ -12,6 +12,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,12 @@ def profile_onnx(
         for b in bs:
             x = inputs[b]
             batch_node_s[b].append(
-                _median_time(lambda node=node, x=x: node.run(x), repeats if b == 1 else max(3, repeats // 4), warmup)
+                _median_time(partial(node.run, x), repeats if b == 1 else max(3, repeats // 4), warmup)
             )
             if not node.is_last:
-                inputs[b] = node.run(x)[0]  # the next node times what this one really sends
+                sent = node.run(x)[0]  # the next node times what this one really sends
+                assert sent is not None  # every node but the last returns its activations
+                inputs[b] = sent
             step += 1
             if progress is not None:
                 progress(step, total)

@@ -47,6 +47,11 @@ def feature_transfer_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch
     return 0.5 * (s - t).pow(2).sum(dim=-1).mean()
 
 
+def _total(terms: list[torch.Tensor]) -> torch.Tensor:
+    """``sum(terms)`` of a non-empty list, typed as the tensor it is."""
+    return sum(terms[1:], terms[0])
+
+
 def distree_loss(
     logits: Sequence[torch.Tensor],
     features: Sequence[torch.Tensor],
@@ -56,7 +61,7 @@ def distree_loss(
     kd_weight: float = 0.0,
     temperature: float = 4.0,
     ft_weight: float = 0.0,
-    projections: Sequence[torch.nn.Module] | None = None,
+    projections: Sequence[torch.nn.Module] | torch.nn.ModuleList | None = None,
     ft_target: str = "next",
     label_smoothing: float = 0.0,
     teacher_logits: torch.Tensor | None = None,
@@ -69,7 +74,7 @@ def distree_loss(
     total = ce
     if kd_weight and n > 1:
         teacher = logits[-1] if teacher_logits is None else teacher_logits
-        kd = sum(kd_loss(logits[i], teacher, temperature) for i in range(n - 1))
+        kd = _total([kd_loss(logits[i], teacher, temperature) for i in range(n - 1)])
         parts["kd"] = kd
         total = total + kd_weight * kd
     if ft_weight and n > 1:
@@ -77,9 +82,11 @@ def distree_loss(
             raise ValueError("feature transfer needs one projection head per exit except the last")
         if ft_target not in ("next", "last"):
             raise ValueError(f"ft_target must be 'next' or 'last', got {ft_target!r}")
-        ft = sum(
-            feature_transfer_loss(projections[i](features[i]), features[i + 1 if ft_target == "next" else n - 1])
-            for i in range(n - 1)
+        ft = _total(
+            [
+                feature_transfer_loss(projections[i](features[i]), features[i + 1 if ft_target == "next" else n - 1])
+                for i in range(n - 1)
+            ]
         )
         parts["ft"] = ft
         total = total + ft_weight * ft

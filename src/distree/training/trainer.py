@@ -151,7 +151,8 @@ def train(
     model.to(device)
     projections.to(device)
     if cfg.channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (as Tensor.to does); torch's type overloads of it leave it out
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     teacher: MultiExitNetwork | None = None
     if cfg.teacher and cfg.kd_weight:
         teacher, _ = load_checkpoint(cfg.teacher, map_location=str(device))
@@ -236,10 +237,11 @@ def train(
                 on_step(epoch, step + 1, steps_per_epoch, {k: v / seen for k, v in sums.items()})
         train_time = time.perf_counter() - t0
         val_acc = exit_accuracies(model, val_ds, cfg.eval_batch_size, device, use_amp)
+        train_avg = {k: v / max(seen, 1) for k, v in sums.items()}
         rec = {
             "epoch": epoch + 1,
             "lr": sched.get_last_lr()[0],
-            "train": {k: v / max(seen, 1) for k, v in sums.items()},
+            "train": train_avg,
             "val_acc": val_acc,
             "images_per_s": seen / max(train_time, 1e-9),
             "seconds": time.perf_counter() - t0,
@@ -249,7 +251,7 @@ def train(
             "epoch %d/%d loss %.4f val acc per exit %s",
             epoch + 1,
             cfg.epochs,
-            rec["train"]["loss"],
+            train_avg["loss"],
             " ".join(f"{a:.3f}" for a in val_acc),
         )
         if out is not None:
