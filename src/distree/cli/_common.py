@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +26,10 @@ from typer.core import TyperGroup
 
 from ..errors import DistreeError
 
+if TYPE_CHECKING:
+    # the base Context that typer's groups declare in invoke() and are called with: typer's vendored click
+    from typer._click import Context as ClickContext
+
 console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
 T = TypeVar("T")
@@ -36,7 +40,7 @@ def error_line(msg: str) -> None:
     err_console.print(Text.assemble(("error:", "bold red"), " ", " ".join(str(msg).split())), soft_wrap=True)
 
 
-def fail(msg: str, code: int = 2) -> None:
+def fail(msg: str, code: int = 2) -> NoReturn:
     error_line(msg)
     raise typer.Exit(code)
 
@@ -47,9 +51,10 @@ def warn(msg: str) -> None:
 
 def guarded(fn: Callable[[], T], *errors: type[BaseException]) -> T:
     """Run ``fn``; turn expected errors into one clear message and a non-zero exit."""
+    expected: tuple[type[BaseException], ...] = (DistreeError, ValueError, FileNotFoundError, *errors)
     try:
         return fn()
-    except (DistreeError, ValueError, FileNotFoundError, *errors) as e:
+    except expected as e:
         fail(str(e))
         raise  # unreachable
 
@@ -57,7 +62,7 @@ def guarded(fn: Callable[[], T], *errors: type[BaseException]) -> T:
 class DistreeGroup(TyperGroup):
     """The root command group: a :class:`DistreeError` from any command is one line and exit code 2."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: ClickContext) -> Any:
         try:
             return super().invoke(ctx)
         except DistreeError as e:

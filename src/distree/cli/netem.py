@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -54,7 +55,7 @@ def up(
         guarded(lambda: chain.shape_all(rate_mbit=rate, delay_ms=delay, jitter_ms=jitter, loss=loss), NetemError)
         if trace is not None:
             for link in chain.links:
-                guarded(lambda link=link: link.replay_trace(trace, time_scale=time_scale), NetemError, TraceFileError)
+                guarded(partial(link.replay_trace, trace, time_scale=time_scale), NetemError, TraceFileError)
         table = Table(title=f"netem chain ({chain.backend} backend)")
         for col in ("role", "namespace", "address"):
             table.add_column(col)
@@ -105,7 +106,7 @@ def selftest(
     for col in ("backend", "setting", "metric", "expected", "measured", "measured/expected"):
         table.add_column(col, justify="right" if col in ("expected", "measured", "measured/expected") else "left")
     for b in backend:
-        for c in guarded(lambda b=b: run_selftest(b, repeats=repeats), NetemError, RuntimeError):
+        for c in guarded(partial(run_selftest, b, repeats=repeats), NetemError, RuntimeError):
             exp = "-" if c.expected != c.expected else f"{c.expected:.3f}"
             ratio = "-" if c.expected != c.expected else f"{c.ratio:.3f}"
             table.add_row(c.backend, c.setting, c.metric, exp, f"{c.measured:.3f}", ratio)

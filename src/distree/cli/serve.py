@@ -205,8 +205,9 @@ def certs_issue(
     """Issue one more certificate from an existing development CA, with its role identity."""
     from ..runtime.tls import identity_uri, issue_cert
 
-    if role == "node" and tier is None:
+    who = tier if role == "node" else name
+    if who is None:
         fail("--role node needs --tier K (the segment the node serves)")
-    ident = guarded(lambda: identity_uri(role, tier if role == "node" else name))
+    ident = guarded(lambda: identity_uri(role, who))
     cp, kp = guarded(lambda: issue_cert(ca_dir, name, host, days, out, identity=ident))
     console.print(f"certificate: {cp} ({ident})\nkey: {kp}")

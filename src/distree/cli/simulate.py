@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def _load(scenario: Path, trace: Path, policies: list[str], requests: int | None
     pols: list[ExitPolicy] = []
     names: list[str] = []
     for spec in _expand_policies(policies):
-        pol = guarded(lambda spec=spec: resolve_policy(spec, tr.num_nodes))
+        pol = guarded(partial(resolve_policy, spec, tr.num_nodes))
         label = pol.name if pol.name not in names else f"{pol.name}:{Path(spec).stem}"
         names.append(label)
         pols.append(pol)
@@ -116,7 +117,7 @@ def simulate_cmd(
             def on_progress(done: int, total: int, task: Any = task) -> None:
                 p.update(task, completed=done, total=total)
 
-            res = guarded(lambda pol=pol: simulate(sc, tr, pol, engine=engine, progress=on_progress), ScenarioError)
+            res = guarded(partial(simulate, sc, tr, pol, engine=engine, progress=on_progress), ScenarioError)
             res.policy = name
             p.update(task, info=f"{res.engine}, {res.wall_s:.2f} s")
             results.append(res)
@@ -176,8 +177,7 @@ def _run_sweeps(sc, tr, pols, names, plan, engine, out: Path, p99_ms: float | No
                 p.advance(task)
                 p.update(task, info=f"{row['policy']} @ {row['value']:g}")
 
-            rows = guarded(lambda var=var, values=values: run_sweep(sc, tr, pols, var, values, engine=engine,
-                                                                      on_run=on_run), ScenarioError)  # fmt: skip
+            rows = guarded(partial(run_sweep, sc, tr, pols, var, values, engine=engine, on_run=on_run), ScenarioError)
             # label rows by the CLI names (two files of one policy stay apart)
             for j, row in enumerate(rows):
                 row["policy"] = names[j % len(pols)]

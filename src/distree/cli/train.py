@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -162,5 +163,5 @@ def models(
         if not args:
             console.print(name)
             continue
-        b = guarded(lambda name=name: resolve_model(name))
+        b = guarded(partial(resolve_model, name))
         console.print(f"{name}  ({b.origin}{', ' + b.ref if b.ref else ''})\n    {b.describe()}")
