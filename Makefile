@@ -50,7 +50,7 @@ bench: $(VENV)/.bench-installed
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
 
 # Regenerate the runtime's protobuf / gRPC modules and their type stubs (.pyi, by mypy-protobuf); all committed.
 # Needs grpcio-tools and mypy-protobuf from the dev extra (protoc finds mypy-protobuf's plugins on PATH).
