@@ -55,6 +55,7 @@ def fit(
     max_candidates: int | None = 256,
     folds: int = 5,
     repeats: int = 1,
+    risk_path: str = "frontier",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Thresholds for one target on a calibration problem, and what the policy file records about how.
 
@@ -74,7 +75,9 @@ def fit(
         rec = {"method": "cross-fit", "search": "lagrangian", "target": target, "cross_fit": cf.record(seed)}
         return cf.thresholds, rec
     delta = 1.0 - confidence
-    res = learn_then_test(prob, max_drop_pp / 100.0, delta, path_fraction=path_fraction, seed=seed, **kw)
+    res = learn_then_test(
+        prob, max_drop_pp / 100.0, delta, path_fraction=path_fraction, seed=seed, path=risk_path, **kw
+    )
     rec = {
         "method": "learn-then-test",
         "target": {**target, "confidence": confidence},
@@ -86,6 +89,7 @@ def fit(
             "n_path": res.n_path,
             "n_test": res.n_test,
             "path_fraction": path_fraction,
+            "path": risk_path,
             "seed": seed,
             "test": "exact binomial test on discordant samples + Clopper-Pearson bound on discordance",
         },
@@ -106,6 +110,7 @@ def calibrate(
     method: str | None = None,
     folds: int = 5,
     repeats: int = 1,
+    risk_path: str = "frontier",
 ) -> ExitPolicy:
     """Return a copy of ``policy`` with calibrated thresholds and a ``calibration`` record.
 
@@ -116,7 +121,8 @@ def calibrate(
     Without risk control the accuracy target is met by ``method``: ``"cross-fit"`` (default; the
     expected held-out drop is ``max_drop_pp``, estimated by ``folds``-fold cross-fitting repeated
     ``repeats`` times, :mod:`.crossfit`) or ``"in-sample"`` (the drop on ``trace`` itself is
-    ``max_drop_pp``; reads optimistic on new data). ``seed`` seeds the folds and the risk split.
+    ``max_drop_pp``; reads optimistic on new data). ``seed`` seeds the folds and the risk split;
+    ``risk_path`` is risk control's candidate sequence (:func:`.risk.learn_then_test`).
     """
     if (max_drop_pp is None) == (flops_budget is None):
         raise ValueError("give exactly one target: --max-accuracy-drop EPS or --flops-budget B")
@@ -157,6 +163,7 @@ def calibrate(
             max_candidates=max_candidates,
             folds=folds,
             repeats=repeats,
+            risk_path=risk_path,
         )
         record.update(rec)
         out = policy.with_thresholds(th)

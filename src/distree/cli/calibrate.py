@@ -47,6 +47,9 @@ def calibrate_cmd(
     ),
     folds: int = typer.Option(5, help="Cross-fit: number of folds."),
     path_fraction: float = typer.Option(0.3, help="Risk control: share of the trace used to order the candidates."),
+    risk_path: str = typer.Option(
+        "frontier", help="Risk control: candidate sequence, frontier (default) or interpolate (the earlier one)."
+    ),
     seed: int = typer.Option(0, help="Seed of the cross-fit folds, the risk-control split and --check-splits."),
     check_splits: int = typer.Option(
         0,
@@ -84,6 +87,7 @@ def calibrate_cmd(
             seed=seed,
             method=method,
             folds=folds,
+            risk_path=risk_path,
         )
     )
     cal.save(out)
@@ -128,6 +132,7 @@ def _check_splits(cal: Any, pol: Any, tr: Any, n: int, fraction: float, seed: in
     if "confidence" in tgt:
         kw["confidence"] = tgt["confidence"]
         kw["path_fraction"] = rec["risk"]["path_fraction"]
+        kw["risk_path"] = rec["risk"].get("path", "frontier")
     elif rec["method"] in ("cross-fit", "in-sample"):
         kw["method"] = rec["method"]
         if "cross_fit" in rec:
