@@ -34,7 +34,7 @@ from ..policies.thresholds import exit_nodes
 from .search import Problem, Solution, _solve, never_exit, polish
 
 #: multipliers of the Lagrangian path behind every fit (accurate to cheap)
-PATH_LAMS = tuple(float(x) for x in np.geomspace(1e4, 0.1, 40))
+PATH_LAMS = tuple(float(x) for x in np.geomspace(1e4, 0.1, 28))
 #: internal targets tried, as offsets from the requested drop (percentage points)
 OFFSETS_PP = (0.0, -0.1, -0.2, -0.3, -0.5, -0.75, -1.0, -1.5, -2.0, -3.0)
 
