@@ -146,6 +146,7 @@ def coordinate_descent(
     n = prob.n
     rows = np.arange(n)
     loss = prob.cost[None, :] + lam * (~prob.correct)  # (n, N) per-sample objective of exiting at i
+    cur: tuple[float, float] | None = None  # (cost, drop) of th, once needed
     for _ in range(max_sweeps):
         changed = False
         for i in range(nn_ - 1):
@@ -160,12 +161,13 @@ def coordinate_descent(
             v_cont = loss[rows[reach], after[reach]]
             t = _best_threshold(prob.scores[reach, i], v_exit, v_cont, max_candidates, prob.order_within(i, reach))
             if t != th[i]:
-                old = prob.evaluate(th)
+                if cur is None:
+                    cur = prob.evaluate(th)
                 new_th = th.copy()
                 new_th[i] = t
                 new = prob.evaluate(new_th)
-                if new[0] + lam * new[1] < old[0] + lam * old[1] - 1e-12:
-                    th = new_th
+                if new[0] + lam * new[1] < cur[0] + lam * cur[1] - 1e-12:
+                    th, cur = new_th, new
                     changed = True
         if not changed:
             break
