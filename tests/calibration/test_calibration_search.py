@@ -85,7 +85,7 @@ def test_untunable_policies_keep_their_thresholds(val_test):
 def test_eight_nodes_calibrate_in_seconds():
     tr = synthetic_trace(10_000, 8, seed=3)
     t0 = time.perf_counter()
-    pol = calibrate(create_policy("distree", 8), tr, max_drop_pp=0.5)
+    pol = calibrate(create_policy("distree", 8), tr, max_drop_pp=0.5, method="in-sample")
     dt = time.perf_counter() - t0
     assert pol.calibration["validation"]["drop_pp"] <= 0.5 + 1e-9
     assert pol.calibration["validation"]["saving"] > 0.1
@@ -140,7 +140,7 @@ def test_drop_upper_bound_matches_the_previous_implementation(args, bound):
 
 def test_learn_then_test_matches_the_previous_implementation():
     prob = problem_for(create_policy("distree", 4), synthetic_trace(3000, 4, seed=11))
-    res = learn_then_test(prob, 0.01, 0.1, seed=0)
+    res = learn_then_test(prob, 0.01, 0.1, seed=0, path="interpolate")
     np.testing.assert_allclose(
         res.thresholds, [0.8828211426734924, 0.9328779774368741, 0.9305693612286632, -np.inf], rtol=1e-12
     )

@@ -28,6 +28,10 @@ def test_calibrate_then_evaluate(tmp_path):
     assert "saving" in r.output
     pol = load_policy(pf)
     assert pol.name == "distree" and pol.calibration["validation"]["drop_pp"] <= 1.0 + 1e-9
+    assert "cross-fit (5 folds): expected held-out drop" in r.output
+    cf = pol.calibration["cross_fit"]
+    assert pol.calibration["method"] == "cross-fit" and cf["internal_target_pp"] <= 1.0 + 1e-9
+    assert {"held_out_drop_pp", "held_out_drop_pp_sd", "held_out_saving", "held_out_saving_sd"} <= set(cf)
 
     rf = tmp_path / "conf-risk.json"
     r = runner.invoke(
@@ -69,6 +73,38 @@ def test_calibrate_then_evaluate(tmp_path):
     assert r.exit_code == 0, r.output
     assert load_policy(bf).params["measure"] == "js"
 
+    # the old behaviour, and how far a target can be trusted
+    inf = tmp_path / "in-sample.json"
+    r = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--trace",
+            str(vp),
+            "--policy",
+            "confidence",
+            "--max-accuracy-drop",
+            "1.0",
+            "--method",
+            "in-sample",
+            "--check-splits",
+            "4",
+            "--out",
+            str(inf),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert load_policy(inf).calibration["method"] == "in-sample"
+    assert "4 random splits: calibrate (in-sample, drop <= 1.0 pp) on 750 samples" in r.output
+    for row in ("drop pp", "saving %", "p75", "p90"):
+        assert row in r.output
+    assert "over the target on" in r.output
+    r = runner.invoke(
+        app,
+        ["calibrate", "--trace", str(vp), "--flops-budget", "0.5", "--method", "in-sample", "--out", str(inf)],
+    )
+    assert r.exit_code != 0 and "--method" in r.output
+
     out = tmp_path / "report"
     r = runner.invoke(
         app,
@@ -84,6 +120,10 @@ def test_calibrate_then_evaluate(tmp_path):
             str(pf),
             "--policy-files",
             str(rf),
+            "--policy-files",
+            str(bf),
+            "--splits",
+            "2",
             "--out",
             str(out),
         ],
@@ -93,6 +133,13 @@ def test_calibrate_then_evaluate(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     labels = {x["label"] for x in rep["results"]}
     assert {"distree", "conf-risk", "oracle", "last-exit", "random", "patience"} <= labels
+    # the measure=js file is its own family, with operating points chosen on validation and their spread
+    fams = {x["family"]: x for x in rep["results"] if x["operating_points"]}
+    assert "distree (measure=js)" in fams and "distree" in fams
+    op = fams["distree"]["operating_points"][2]
+    assert op["target_pp"] == 0.5 and len(op["split_savings"]) == 2 and op["split_sd_savings"] is not None
+    md = (out / "report.md").read_text()
+    assert "| distree (measure=js) |" in md and "Spread over 2 random re-splits" in md
 
 
 def test_cli_errors_are_clear(tmp_path):

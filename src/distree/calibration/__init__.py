@@ -1,13 +1,15 @@
 """Calibration of exit-policy thresholds on a validation trace: accuracy target, FLOPs budget, risk control.
 
 Owns scoring a policy over a trace (:mod:`.scoring`), the per-node threshold search (:mod:`.search`),
-Learn-then-Test risk control (:mod:`.risk`) and ``calibrate`` (:mod:`.api`). May import
+cross-fitting to an expected held-out drop (:mod:`.crossfit`), Learn-then-Test risk control
+(:mod:`.risk`), ``calibrate`` (:mod:`.api`) and repeated-split checks of a target (:mod:`.splits`). May import
 :mod:`distree.policies` (the exit rule and cost accounting: :mod:`distree.policies.thresholds`),
 :mod:`distree.trace` (the format) and :mod:`distree.models` (cost profiles); never
 :mod:`distree.evaluation` (which imports this package) or anything that needs torch. numpy and scipy.
 """
 
-from .api import calibrate, problem_for, validation_figures
+from .api import METHODS, calibrate, fit, problem_for, validation_figures
+from .crossfit import CrossFit, CrossFitResult, TargetSolver, cross_fit
 from .risk import RiskResult, binom_lower, binom_upper, drop_upper_bound, learn_then_test, reject_drop_above
 from .scoring import check_compatible, policy_costs, score_trace
 from .search import (
@@ -20,18 +22,27 @@ from .search import (
     min_cost,
     pareto_front,
 )
+from .splits import SplitCheck, check_splits
 
 __all__ = [
+    "METHODS",
+    "CrossFit",
+    "CrossFitResult",
     "Problem",
     "RiskResult",
     "Solution",
+    "SplitCheck",
+    "TargetSolver",
     "binom_lower",
     "binom_upper",
     "calibrate",
     "check_compatible",
+    "check_splits",
     "constrained_path",
     "coordinate_descent",
+    "cross_fit",
     "drop_upper_bound",
+    "fit",
     "lagrangian_path",
     "learn_then_test",
     "max_accuracy",

@@ -11,11 +11,15 @@ import numpy as np
 from ..policies.base import ExitPolicy
 from ..policies.thresholds import exit_nodes
 from ..trace.format import Trace
+from .crossfit import cross_fit
 from .risk import learn_then_test
 from .scoring import policy_costs, score_trace
 from .search import Problem, max_accuracy, min_cost
 
 log = logging.getLogger(__name__)
+
+#: how an accuracy target without risk control is met (see :func:`calibrate`)
+METHODS = ("cross-fit", "in-sample")
 
 
 def problem_for(policy: ExitPolicy, trace: Trace) -> Problem:
@@ -39,6 +43,60 @@ def validation_figures(prob: Problem, thresholds: np.ndarray, trace: Trace) -> d
     }
 
 
+def fit(
+    prob: Problem,
+    *,
+    max_drop_pp: float | None = None,
+    flops_budget: float | None = None,
+    confidence: float | None = None,
+    method: str = "cross-fit",
+    path_fraction: float = 0.3,
+    seed: int = 0,
+    max_candidates: int | None = 256,
+    folds: int = 5,
+    repeats: int = 1,
+    risk_path: str = "frontier",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Thresholds for one target on a calibration problem, and what the policy file records about how.
+
+    The arguments are :func:`calibrate`'s (checked there); ``prob`` must be tunable.
+    """
+    kw: dict[str, Any] = {"max_candidates": max_candidates}
+    if flops_budget is not None:
+        sol = max_accuracy(prob, flops_budget, **kw)
+        return sol.thresholds, {"method": "lagrangian", "target": {"flops_budget": flops_budget}}
+    assert max_drop_pp is not None
+    target: dict[str, Any] = {"max_accuracy_drop_pp": max_drop_pp}
+    if confidence is None and method == "in-sample":
+        sol = min_cost(prob, max_drop_pp / 100.0, **kw)
+        return sol.thresholds, {"method": "in-sample", "search": "lagrangian", "target": target}
+    if confidence is None:
+        cf = cross_fit(prob, max_drop_pp / 100.0, folds=folds, repeats=repeats, seed=seed, **kw)
+        rec = {"method": "cross-fit", "search": "lagrangian", "target": target, "cross_fit": cf.record(seed)}
+        return cf.thresholds, rec
+    delta = 1.0 - confidence
+    res = learn_then_test(
+        prob, max_drop_pp / 100.0, delta, path_fraction=path_fraction, seed=seed, path=risk_path, **kw
+    )
+    rec = {
+        "method": "learn-then-test",
+        "target": {**target, "confidence": confidence},
+        "risk": {
+            "delta": delta,
+            "drop_upper_bound_pp": res.bound * 100.0,
+            "certified": res.certified,
+            "tested": res.tested,
+            "n_path": res.n_path,
+            "n_test": res.n_test,
+            "path_fraction": path_fraction,
+            "path": risk_path,
+            "seed": seed,
+            "test": "exact binomial test on discordant samples + Clopper-Pearson bound on discordance",
+        },
+    }
+    return res.thresholds, rec
+
+
 def calibrate(
     policy: ExitPolicy,
     trace: Trace,
@@ -49,12 +107,22 @@ def calibrate(
     path_fraction: float = 0.3,
     seed: int = 0,
     max_candidates: int | None = 256,
+    method: str | None = None,
+    folds: int = 5,
+    repeats: int = 1,
+    risk_path: str = "frontier",
 ) -> ExitPolicy:
     """Return a copy of ``policy`` with calibrated thresholds and a ``calibration`` record.
 
     Exactly one target: ``max_drop_pp`` (accuracy drop vs last exit, percentage points; minimise
     FLOPs), optionally with ``confidence`` = 1 - DELTA for risk control (Learn-then-Test), or
     ``flops_budget`` (mean FLOPs relative to last exit, e.g. 0.6; maximise accuracy).
+
+    Without risk control the accuracy target is met by ``method``: ``"cross-fit"`` (default; the
+    expected held-out drop is ``max_drop_pp``, estimated by ``folds``-fold cross-fitting repeated
+    ``repeats`` times, :mod:`.crossfit`) or ``"in-sample"`` (the drop on ``trace`` itself is
+    ``max_drop_pp``; reads optimistic on new data). ``seed`` seeds the folds and the risk split;
+    ``risk_path`` is risk control's candidate sequence (:func:`.risk.learn_then_test`).
     """
     if (max_drop_pp is None) == (flops_budget is None):
         raise ValueError("give exactly one target: --max-accuracy-drop EPS or --flops-budget B")
@@ -66,6 +134,14 @@ def calibrate(
         raise ValueError(f"--flops-budget is relative to last-exit FLOPs and must be > 0, got {flops_budget}")
     if confidence is not None and not 0.0 < confidence < 1.0:
         raise ValueError(f"--confidence is 1 - DELTA and must be in (0, 1), got {confidence}")
+    if method is not None and method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method is not None and (max_drop_pp is None or confidence is not None):
+        raise ValueError(
+            "--method (cross-fit | in-sample) applies to --max-accuracy-drop without --confidence; "
+            "drop it for --flops-budget or risk control"
+        )
+    method = method or "cross-fit"
     t0 = time.perf_counter()
     record: dict[str, Any] = {
         "trace": {k: trace.meta.get(k) for k in ("checkpoint", "model", "dataset", "split") if k in trace.meta},
@@ -76,36 +152,20 @@ def calibrate(
         out = policy.with_thresholds(policy.thresholds)
         record["method"] = "fixed (policy has no tunable thresholds)"
     else:
-        kw: dict[str, Any] = {"max_candidates": max_candidates}
-        if flops_budget is not None:
-            sol = max_accuracy(prob, flops_budget, **kw)
-            th = sol.thresholds
-            record.update(method="lagrangian", target={"flops_budget": flops_budget})
-        elif confidence is None:
-            assert max_drop_pp is not None
-            sol = min_cost(prob, max_drop_pp / 100.0, **kw)
-            th = sol.thresholds
-            record.update(method="lagrangian", target={"max_accuracy_drop_pp": max_drop_pp})
-        else:
-            assert max_drop_pp is not None
-            delta = 1.0 - confidence
-            res = learn_then_test(prob, max_drop_pp / 100.0, delta, path_fraction=path_fraction, seed=seed, **kw)
-            th = res.thresholds
-            record.update(
-                method="learn-then-test",
-                target={"max_accuracy_drop_pp": max_drop_pp, "confidence": confidence},
-                risk={
-                    "delta": delta,
-                    "drop_upper_bound_pp": res.bound * 100.0,
-                    "certified": res.certified,
-                    "tested": res.tested,
-                    "n_path": res.n_path,
-                    "n_test": res.n_test,
-                    "path_fraction": path_fraction,
-                    "seed": seed,
-                    "test": "exact binomial test on discordant samples + Clopper-Pearson bound on discordance",
-                },
-            )
+        th, rec = fit(
+            prob,
+            max_drop_pp=max_drop_pp,
+            flops_budget=flops_budget,
+            confidence=confidence,
+            method=method,
+            path_fraction=path_fraction,
+            seed=seed,
+            max_candidates=max_candidates,
+            folds=folds,
+            repeats=repeats,
+            risk_path=risk_path,
+        )
+        record.update(rec)
         out = policy.with_thresholds(th)
         ex = exit_nodes(prob.scores, th)
         record["achieved_exit_hist"] = [float((ex == i).mean()) for i in range(trace.num_nodes)]

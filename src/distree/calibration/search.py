@@ -42,6 +42,7 @@ class Problem:
         if np.isnan(self.scores).any():
             raise ValueError("policy scores contain NaN; check the trace for non-finite logits")
         self.base_err = 1.0 - float(self.correct[:, -1].mean())
+        self._order: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -52,7 +53,27 @@ class Problem:
         return int(self.scores.shape[1])
 
     def subset(self, idx: np.ndarray) -> Problem:
-        return Problem(self.scores[idx], self.correct[idx], self.cost)
+        sub = Problem(self.scores[idx], self.correct[idx], self.cost)
+        idx = np.asarray(idx)
+        if self._order is not None and idx.dtype != bool and idx.ndim == 1 and np.all(np.diff(idx) > 0):
+            # samples kept in their order: the subset's score order is the parent's, filtered
+            keep = np.zeros(self.n, dtype=bool)
+            keep[idx] = True
+            rank = np.cumsum(keep) - 1
+            sub._order = np.stack([rank[col[keep[col]]] for col in self._order.T], axis=1)
+        return sub
+
+    def order(self) -> np.ndarray:
+        """(n, N): at each node, the samples by descending score (stable: ties by sample index)."""
+        if self._order is None:
+            self._order = np.argsort(-self.scores, axis=0, kind="stable")
+        return self._order
+
+    def order_within(self, i: int, mask: np.ndarray) -> np.ndarray:
+        """Positions in ``scores[mask, i]`` by descending score; equals ``argsort(-scores[mask, i], stable)``."""
+        col = self.order()[:, i]
+        rank = np.cumsum(mask) - 1
+        return rank[col[mask[col]]]
 
     def evaluate(self, thresholds: np.ndarray) -> tuple[float, float]:
         """(mean relative cost, accuracy drop as a fraction) of a threshold vector."""
@@ -65,13 +86,17 @@ def never_exit(num_nodes: int) -> np.ndarray:
     return np.full(num_nodes, np.inf)
 
 
-def _cuts(s: np.ndarray, max_candidates: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cuts(
+    s: np.ndarray, max_candidates: int | None, order: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate cuts of the scores ``s`` of the samples that reach a node.
 
-    Returns ``order`` (samples by descending score), ``pos`` (cut after ``order[:pos+1]``: those
-    exit) and the threshold realising each cut (midpoint between the cut's score and the next).
+    Returns ``order`` (samples by descending score; given, or a stable argsort), ``pos`` (cut after
+    ``order[:pos+1]``: those exit) and the threshold realising each cut (midpoint between the
+    cut's score and the next).
     """
-    order = np.argsort(-s, kind="stable")
+    if order is None:
+        order = np.argsort(-s, kind="stable")
     ss = s[order]
     m = ss.shape[0]
     valid = np.ones(m, dtype=bool)
@@ -87,9 +112,15 @@ def _cuts(s: np.ndarray, max_candidates: int | None) -> tuple[np.ndarray, np.nda
     return order, pos, th
 
 
-def _best_threshold(s: np.ndarray, v_exit: np.ndarray, v_cont: np.ndarray, max_candidates: int | None) -> float:
+def _best_threshold(
+    s: np.ndarray,
+    v_exit: np.ndarray,
+    v_cont: np.ndarray,
+    max_candidates: int | None,
+    order: np.ndarray | None = None,
+) -> float:
     """Threshold t minimising sum(where(s >= t, v_exit, v_cont)) over the samples that reach the node."""
-    order, pos, th = _cuts(s, max_candidates)
+    order, pos, th = _cuts(s, max_candidates, order)
     if pos.size == 0:
         return np.inf
     gain = np.cumsum(v_exit[order] - v_cont[order])[pos]  # objective change when the top samples exit
@@ -115,6 +146,7 @@ def coordinate_descent(
     n = prob.n
     rows = np.arange(n)
     loss = prob.cost[None, :] + lam * (~prob.correct)  # (n, N) per-sample objective of exiting at i
+    cur: tuple[float, float] | None = None  # (cost, drop) of th, once needed
     for _ in range(max_sweeps):
         changed = False
         for i in range(nn_ - 1):
@@ -127,14 +159,15 @@ def coordinate_descent(
             reach = ~before
             v_exit = loss[reach, i]
             v_cont = loss[rows[reach], after[reach]]
-            t = _best_threshold(prob.scores[reach, i], v_exit, v_cont, max_candidates)
+            t = _best_threshold(prob.scores[reach, i], v_exit, v_cont, max_candidates, prob.order_within(i, reach))
             if t != th[i]:
-                old = prob.evaluate(th)
+                if cur is None:
+                    cur = prob.evaluate(th)
                 new_th = th.copy()
                 new_th[i] = t
                 new = prob.evaluate(new_th)
-                if new[0] + lam * new[1] < old[0] + lam * old[1] - 1e-12:
-                    th = new_th
+                if new[0] + lam * new[1] < cur[0] + lam * cur[1] - 1e-12:
+                    th, cur = new_th, new
                     changed = True
         if not changed:
             break
@@ -180,7 +213,7 @@ def polish(
             c_exit, e_exit = prob.cost[i], err[r, i]
             base_cost = cur_cost - prob.cost[ex[r]].sum() + c_cont.sum()
             base_err = cur_err - err[r, ex[r]].sum() + e_cont.sum()
-            order, pos, cand = _cuts(prob.scores[r, i], max_candidates)
+            order, pos, cand = _cuts(prob.scores[r, i], max_candidates, prob.order_within(i, reach))
             if pos.size == 0:
                 continue
             cost_k = base_cost + np.cumsum(c_exit - c_cont[order])[pos]

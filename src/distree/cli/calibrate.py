@@ -40,8 +40,23 @@ def calibrate_cmd(
     confidence: float | None = typer.Option(
         None, help="Risk control (with --max-accuracy-drop): hold the drop with probability >= this, e.g. 0.9."
     ),
+    method: str | None = typer.Option(
+        None,
+        help="Accuracy target without --confidence: cross-fit (default; the expected held-out drop is the target) "
+        "or in-sample (the drop on this trace is the target; reads optimistic on new data).",
+    ),
+    folds: int = typer.Option(5, help="Cross-fit: number of folds."),
     path_fraction: float = typer.Option(0.3, help="Risk control: share of the trace used to order the candidates."),
-    seed: int = typer.Option(0, help="Risk control: seed of the random split."),
+    risk_path: str = typer.Option(
+        "frontier", help="Risk control: candidate sequence, frontier (default) or interpolate (the earlier one)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the cross-fit folds, the risk-control split and --check-splits."),
+    check_splits: int = typer.Option(
+        0,
+        help="Also repeat the calibration on N random splits of the trace (calibrate on --check-fraction, score on "
+        "the rest) and print the held-out drop and saving over them.",
+    ),
+    check_fraction: float = typer.Option(0.5, help="--check-splits: share of the trace each split calibrates on."),
     out: Path = typer.Option(..., help="Output policy file (JSON)."),
 ) -> None:
     """Calibrate a policy's thresholds on validation data; write the policy file the runtime and simulator load."""
@@ -70,6 +85,9 @@ def calibrate_cmd(
             confidence=confidence,
             path_fraction=path_fraction,
             seed=seed,
+            method=method,
+            folds=folds,
+            risk_path=risk_path,
         )
     )
     cal.save(out)
@@ -80,6 +98,15 @@ def calibrate_cmd(
         f"validation: accuracy {100 * v['accuracy']:.2f}% (last exit {100 * v['last_exit_accuracy']:.2f}%), "
         f"drop {v['drop_pp']:+.2f} pp, FLOPs {v['rel_flops']:.3f} of last exit (saving {100 * v['saving']:.1f}%)"
     )
+    cf = cal.calibration.get("cross_fit")
+    if cf:
+        it = cf["internal_target_pp"]
+        console.print(
+            f"cross-fit ({cf['folds']} folds): expected held-out drop {cf['expected_drop_pp']:+.2f} pp "
+            f"(measured {cf['held_out_drop_pp']:+.2f}, sd {cf['held_out_drop_pp_sd']:.2f} over folds of "
+            f"{tr.num_samples // cf['folds']}), saving {100 * cf['held_out_saving']:.1f}%; internal target "
+            + (f"{it:+.2f} pp" if it is not None else "none met it: never exit early")
+        )
     risk = cal.calibration.get("risk")
     if risk:
         console.print(
@@ -87,6 +114,52 @@ def calibrate_cmd(
             f"({risk['certified'] - 1} of {risk['tested']} early-exit candidates certified on {risk['n_test']} samples)"
         )
     console.print(f"calibrated in {cal.calibration['seconds']:.2f}s; policy file: {out}")
+    if check_splits:
+        _check_splits(cal, pol, tr, check_splits, check_fraction, seed)
+
+
+def _check_splits(cal: Any, pol: Any, tr: Any, n: int, fraction: float, seed: int) -> None:
+    from rich.table import Table
+
+    from ..calibration import check_splits, problem_for
+
+    if not pol.tunable:
+        console.print(f"--check-splits: {pol.name} has no tunable thresholds; nothing to check")
+        return
+    rec = cal.calibration
+    tgt = rec["target"]
+    kw: dict[str, Any] = {"max_drop_pp": tgt.get("max_accuracy_drop_pp"), "flops_budget": tgt.get("flops_budget")}
+    if "confidence" in tgt:
+        kw["confidence"] = tgt["confidence"]
+        kw["path_fraction"] = rec["risk"]["path_fraction"]
+        kw["risk_path"] = rec["risk"].get("path", "frontier")
+    elif rec["method"] in ("cross-fit", "in-sample"):
+        kw["method"] = rec["method"]
+        if "cross_fit" in rec:
+            kw["folds"] = rec["cross_fit"]["folds"]
+    res = guarded(lambda: check_splits(problem_for(pol, tr), n, fraction=fraction, seed=seed, **kw))
+    s = res.summary()
+    what = (
+        f"drop <= {tgt['max_accuracy_drop_pp']} pp"
+        if "max_accuracy_drop_pp" in tgt
+        else f"FLOPs <= {tgt['flops_budget']}"
+    )
+    table = Table(
+        title=f"{n} random splits: calibrate ({res.method}, {what}) on {res.n_calibrate} samples, "
+        f"score on the other {res.n_held_out}",
+    )
+    table.add_column("held out", justify="left")
+    for c in ("mean", "p25", "p50", "p75", "p90"):
+        table.add_column(c, justify="right")
+    d, sv, cd = s["held_out_drop_pp"], s["held_out_saving"], s["calibration_drop_pp"]
+    table.add_row("drop pp", *(f"{d[c]:+.2f}" for c in ("mean", "p25", "p50", "p75", "p90")))
+    table.add_row("saving %", *(f"{100 * sv[c]:.1f}" for c in ("mean", "p25", "p50", "p75", "p90")))
+    table.add_row("(drop on the calibration part)", *(f"{cd[c]:+.2f}" for c in ("mean", "p25", "p50", "p75", "p90")))
+    console.print(table)
+    console.print(
+        f"over the target on {100 * s['fraction_over_target']:.0f}% of the splits "
+        f"({int(round(s['fraction_over_target'] * n))} of {n})"
+    )
 
 
 @app.command("policies")

@@ -23,7 +23,11 @@ def evaluate_cmd(
         None, help="Validation trace: calibrates named policies without a file, and fits the Pareto sweeps."
     ),
     max_accuracy_drop: float = typer.Option(0.5, help="Target (pp) when calibrating named policies on --val-trace."),
-    sweep: bool = typer.Option(True, help="Pareto sweeps of every tunable policy."),
+    sweep: bool = typer.Option(True, help="Pareto sweeps and operating points of every tunable policy."),
+    splits: int = typer.Option(
+        3, help="Operating points: random re-splits of validation + test samples behind the spread (0: none)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the re-splits and of the cross-fit folds."),
     out: Path = typer.Option(..., help="Output folder: report.md, report.json, pareto.png."),
 ) -> None:
     """Accuracy, drop vs last exit, FLOPs saving, bytes, exit histogram and Pareto curves per policy."""
@@ -71,7 +75,9 @@ def evaluate_cmd(
                 )
             pol = guarded(lambda pol=pol: calibrate(pol, val, max_drop_pp=max_accuracy_drop))
         entries.append((n, pol))
-    rep = guarded(lambda: build_report(test, entries, fit_trace=val, sweep=sweep))
+    if splits < 0:
+        fail(f"--splits must be >= 0, got {splits}")
+    rep = guarded(lambda: build_report(test, entries, fit_trace=val, sweep=sweep, splits=splits, seed=seed))
     paths = write_report(rep, out)
     console.print(paths["markdown"].read_text())
     console.print(f"report: {paths['markdown']}, {paths['json']}, {paths['plot']}")

@@ -14,7 +14,7 @@ from ..calibration.scoring import check_compatible
 from ..policies.base import ExitPolicy
 from ..trace.format import Trace
 from .metrics import Metrics, last_exit_metrics
-from .pareto import SweepPoint, max_saving_within, pareto_sweep
+from .pareto import OperatingPoint, SweepPoint, family_label, max_saving_within, operating_points, pareto_sweep
 from .scoring import evaluate_policy
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,18 @@ class PolicyResult:
     policy: ExitPolicy
     metrics: Metrics
     sweep: list[SweepPoint] = field(default_factory=list)
+    operating: list[OperatingPoint] = field(default_factory=list)
+    family: str = ""  # policy name and non-default parameters: what the sweep and operating points belong to
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
+            "family": self.family,
             "policy": self.policy.to_dict(),
             "metrics": self.metrics.to_dict(),
             "sweep": [p.to_dict() for p in self.sweep],
+            "operating_points": [p.to_dict() for p in self.operating],
+            "hindsight": {f"{d:g}": max_saving_within(self.sweep, d) for d in SWEEP_DROPS} if self.sweep else {},
         }
 
 
@@ -44,20 +49,33 @@ class Report:
     last_exit: Metrics
     results: list[PolicyResult]
     sweep_fit: str  # which trace the sweeps' thresholds were fitted on
+    splits: int = 0  # re-splits behind the operating points' spread
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "trace": self.trace_meta,
             "last_exit": self.last_exit.to_dict(),
             "sweep_fit": self.sweep_fit,
+            "splits": self.splits,
             "results": [r.to_dict() for r in self.results],
         }
 
 
 def build_report(
-    trace: Trace, policies: list[tuple[str, ExitPolicy]], *, fit_trace: Trace | None = None, sweep: bool = True
+    trace: Trace,
+    policies: list[tuple[str, ExitPolicy]],
+    *,
+    fit_trace: Trace | None = None,
+    sweep: bool = True,
+    splits: int = 3,
+    seed: int = 0,
 ) -> Report:
-    """Score each (label, policy) on ``trace``; sweep thresholds fitted on ``fit_trace`` (default: ``trace``)."""
+    """Score each (label, policy) on ``trace``; sweep thresholds fitted on ``fit_trace`` (default: ``trace``).
+
+    With ``sweep``, each policy family (name + parameters) also gets operating points: calibrated
+    on ``fit_trace`` by cross-fitting to each drop of :data:`SWEEP_DROPS`, scored on ``trace``, with
+    the spread over ``splits`` random re-splits (:func:`~distree.evaluation.pareto.operating_points`).
+    """
     if not policies:
         raise ValueError("nothing to evaluate: name policies (--policies) or give policy files (--policy-files)")
     if fit_trace is not None and fit_trace.num_nodes != trace.num_nodes:
@@ -71,9 +89,11 @@ def build_report(
         m = evaluate_policy(pol, trace)
         # one sweep per policy family (name + params): calibrated variants share their family's curve
         family = json.dumps([pol.name, pol.params], sort_keys=True, default=str)
-        pts = pareto_sweep(pol, trace, fit_trace) if sweep and family not in swept else []
+        first = sweep and family not in swept
+        pts = pareto_sweep(pol, trace, fit_trace) if first else []
+        ops = operating_points(pol, trace, fit_trace, SWEEP_DROPS, splits=splits, seed=seed) if first else []
         swept.add(family)
-        results.append(PolicyResult(label, pol, m, pts))
+        results.append(PolicyResult(label, pol, m, pts, ops, family_label(pol)))
     meta = {k: v for k, v in trace.meta.items() if k != "classes"}
     meta["num_samples"] = trace.num_samples
     return Report(
@@ -81,11 +101,19 @@ def build_report(
         last_exit_metrics(trace.correct, trace.cost),
         results,
         "validation trace" if fit_trace is not None else "evaluation trace (in-sample)",
+        splits if sweep else 0,
     )
 
 
 def _th(p: ExitPolicy) -> str:
     return ", ".join("inf" if not np.isfinite(t) else f"{t:.3g}" for t in p.thresholds[:-1]) or "-"
+
+
+def _spread(o: OperatingPoint) -> str:
+    s, d = np.asarray(o.split_savings), np.asarray(o.split_drops_pp)
+    sd_s = float(s.std(ddof=1)) if s.size > 1 else 0.0
+    sd_d = float(d.std(ddof=1)) if d.size > 1 else 0.0
+    return f"{100 * s.mean():.1f} +-{100 * sd_s:.1f} ({d.mean():+.2f} +-{sd_d:.2f})"
 
 
 def report_markdown(rep: Report) -> str:
@@ -113,19 +141,44 @@ def report_markdown(rep: Report) -> str:
         "FLOPs count the segments run plus every exit head evaluated on the way; savings are against last-exit "
         "inference (all segments, final head only).",
     ]
-    if any(r.sweep for r in rep.results):
+    if any(r.operating for r in rep.results):
+        fit = rep.sweep_fit
         lines += [
             "",
-            f"Pareto sweeps (thresholds fitted on the {rep.sweep_fit}, scored on this trace): the largest FLOPs "
-            "saving (%) among each sweep's points whose accuracy drop is at most",
+            f"Operating points: each policy calibrated on the {fit} by cross-fitting to an expected held-out drop "
+            "of at most the column's target (what `distree calibrate --max-accuracy-drop` writes), scored on this "
+            "trace: FLOPs saving % (drop pp).",
             "",
-            "| policy | " + " | ".join(f"{d:g} pp" for d in SWEEP_DROPS) + " | points |",
-            "|---|" + "---:|" * (len(SWEEP_DROPS) + 1),
+            "| policy | " + " | ".join(f"{d:g} pp" for d in SWEEP_DROPS) + " |",
+            "|---|" + "---:|" * len(SWEEP_DROPS),
         ]
         for r in rep.results:
-            if len(r.sweep) > 1:
-                cells = " | ".join(f"{100 * max_saving_within(r.sweep, d):.1f}" for d in SWEEP_DROPS)
-                lines.append(f"| {r.policy.name} | {cells} | {len(r.sweep)} |")
+            if r.operating:
+                cells = " | ".join(f"{100 * o.saving:.1f} ({o.drop_pp:+.2f})" for o in r.operating)
+                lines.append(f"| {r.family} | {cells} |")
+        if rep.splits:
+            how = (
+                "the validation and this trace's samples pooled and re-split at random into parts of their sizes"
+                if rep.sweep_fit == "validation trace"
+                else "this trace re-split at random into halves"
+            )
+            lines += [
+                "",
+                f"Spread over {rep.splits} random re-splits ({how}; calibrate on the first, score on the second): "
+                "mean saving % +- sd (mean drop pp +- sd).",
+                "",
+                "| policy | " + " | ".join(f"{d:g} pp" for d in SWEEP_DROPS) + " |",
+                "|---|" + "---:|" * len(SWEEP_DROPS),
+            ]
+            for r in rep.results:
+                if r.operating:
+                    cells = " | ".join(_spread(o) for o in r.operating)
+                    lines.append(f"| {r.family} | {cells} |")
+        lines += [
+            "",
+            "Reading a saving off a sweep at a given drop *on this trace* picks the point in hindsight and reads "
+            "high; report.json keeps those figures (`hindsight`) and every sweep point.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -143,11 +196,13 @@ def plot_pareto(rep: Report, path: Path) -> Path:
         if r.sweep:
             xs = [p.rel_flops for p in r.sweep]
             ys = [100 * p.accuracy for p in r.sweep]
-            (line,) = ax.plot(xs, ys, "-", lw=1.3, alpha=0.9, label=f"{r.policy.name} (sweep; o calibrated)")
+            (line,) = ax.plot(
+                xs, ys, "-", lw=1.3, alpha=0.9, label=f"{r.family or r.policy.name} (sweep; o calibrated)"
+            )
             color = line.get_color()
-            colors[r.policy.name] = color
+            colors[r.family] = color
         else:
-            color = colors.get(r.policy.name)
+            color = colors.get(r.family)
         ax.plot(
             r.metrics.rel_flops,
             100 * r.metrics.accuracy,
