@@ -51,6 +51,8 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
             raise BadTensor(f"need {b} distinct request_ids (one per row), got {len(ids)}")
         if len(request.deadline_unix_s) not in (0, b):
             raise BadTensor(f"need 0 or {b} deadlines (one per row), got {len(request.deadline_unix_s)}")
+        if any(d != d for d in request.deadline_unix_s):
+            raise BadTensor("deadline_unix_s holds NaN; send seconds since the epoch, or 0 for no deadline")
         state = decode_state(request.policy_state) if request.policy_state else {}
         for key, v in state.items():
             if v.shape[:1] != (b,):
