@@ -138,11 +138,11 @@ class NodeLimits:
                 need,
                 extra={"event": "limits", "node": k},
             )
-        one_row = derived_message_bytes(k, in_shape, rows=1, num_classes=num_classes, label_bytes=label_bytes)
-        if explicit and message < min(one_row, need):
+        one_row = 4 * math.prod(in_shape) + ROW_OVERHEAD_BYTES
+        if explicit and message < one_row:
             raise SpecError(
-                f"max_message_bytes = {message} cannot carry one request row of node {k} (about {one_row} bytes "
-                f"with headroom); raise it, or leave it out to use the limit derived from the model ({need})"
+                f"max_message_bytes = {message} cannot carry one request row of node {k} (about {one_row} bytes); "
+                f"raise it, or leave it out to use the limit derived from the model ({need})"
             )
         if explicit and message < need:
             log.warning(
