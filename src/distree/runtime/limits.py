@@ -60,7 +60,7 @@ ROW_OVERHEAD_BYTES = 256
 #: default ``max_inflight_bytes``: this many message limits
 INFLIGHT_MESSAGES = 4
 #: allocations of at least this many bytes get their own mapping (returned to the OS when freed)
-MMAP_THRESHOLD_BYTES = 1 << 20
+MMAP_THRESHOLD_BYTES = 4 << 20
 #: memory is trimmed once the node was idle this long after at least TRIM_AFTER_BYTES of requests
 TRIM_IDLE_S = 1.0
 TRIM_AFTER_BYTES = 8 << 20
@@ -144,7 +144,7 @@ class NodeLimits:
                 f"max_message_bytes = {message} cannot carry one request row of node {k} (about {one_row} bytes); "
                 f"raise it, or leave it out to use the limit derived from the model ({need})"
             )
-        if explicit and message < need:
+        if explicit and message < need and need > MIN_MESSAGE_BYTES:
             log.warning(
                 "max_message_bytes = %d is below the largest request of node %d (%d rows: about %d bytes); "
                 "requests with that many rows will be refused with RESOURCE_EXHAUSTED",
