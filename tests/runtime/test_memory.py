@@ -149,7 +149,7 @@ def test_node_limits_from_the_spec(unit: Unit):
     derived = NodeLimits.of(unit.spec("lim-a", max_request_batch=8192), 1, (1, 8, 8), num_classes=4)
     assert derived.derived and derived.message_bytes == derived_message_bytes(1, (1, 8, 8), rows=8192, num_classes=4)
     assert derived.inflight_bytes == INFLIGHT_MESSAGES * derived.message_bytes
-    assert ("grpc.max_concurrent_streams", 128) in derived.server_options()
+    assert ("grpc.max_concurrent_streams", 1024) in derived.server_options()
     # node K takes one batch of node K-1: max_request_batch + max_batch_size - 1 rows
     spec = unit.spec("lim-b", max_request_batch=16, batching={"max_batch_size": 8})
     assert max_forward_rows(spec) == 23

@@ -10,7 +10,9 @@ serves at once, how many request bytes it holds at a time, and giving memory bac
   ``RESOURCE_EXHAUSTED`` before they are parsed.
 - **Calls and streams**: ``max_concurrent_rpcs`` calls per node (gRPC answers further ones
   ``RESOURCE_EXHAUSTED`` before reading them), ``max_concurrent_streams`` per HTTP/2 connection
-  (further calls wait in the caller's channel), ``max_connections`` per node.
+  (further streams are refused, ``REFUSED_STREAM``: callers see ``UNAVAILABLE``, which the cluster's
+  channels retry). There is no cap on connections: gRPC's ``grpc.max_allowed_incoming_connections``
+  had no effect in the grpcio build tested (1.85).
 - **Bytes in flight** (``max_inflight_bytes``, default :data:`INFLIGHT_MESSAGES` message limits): the
   memory a node holds for the unary calls of ``ChainNode`` and the inference service (:class:`Admission`):
   a call reserves two message limits while its request is read and twice the request's size (its
@@ -107,7 +109,6 @@ class NodeLimits:
     inflight_bytes: int
     concurrent_rpcs: int
     concurrent_streams: int
-    connections: int
     derived: bool  # the message limit comes from the model (no max_message_bytes in the spec)
 
     @classmethod
@@ -166,7 +167,6 @@ class NodeLimits:
             inflight_bytes=inflight,
             concurrent_rpcs=spec.max_concurrent_rpcs,
             concurrent_streams=spec.max_concurrent_streams,
-            connections=spec.max_connections,
             derived=not explicit,
         )
 
@@ -174,7 +174,6 @@ class NodeLimits:
         """gRPC server options beyond the message limits (which :func:`~.link.channel_options` sets)."""
         return [
             ("grpc.max_concurrent_streams", self.concurrent_streams),
-            ("grpc.max_allowed_incoming_connections", self.connections),
             # without bandwidth-delay probing the transport's windows stay small, so it does not read ahead
             # the requests of calls that wait for room (a call being read still gets its whole message at once)
             ("grpc.http2.bdp_probe", 0),

@@ -15,8 +15,7 @@ Example (paths are relative to the spec file)::
     inline_compute_ms = 5.0
     max_inflight_bytes = 67108864      # optional: request bytes a node handles at once (default: 4 message limits)
     max_concurrent_rpcs = 1024         # calls a node serves at once (more: RESOURCE_EXHAUSTED)
-    max_concurrent_streams = 128       # calls per HTTP/2 connection (more wait in the caller's channel)
-    max_connections = 512              # incoming connections per node
+    max_concurrent_streams = 1024      # calls per HTTP/2 connection (more are refused: UNAVAILABLE, retried)
     http_port = 8000                   # optional: the Open Inference Protocol over HTTP/REST on node 1 (0/absent: off)
 
     [batching]                         # optional dynamic batching, per node
@@ -229,8 +228,7 @@ class ClusterSpec(FrozenSchema):
     max_request_batch: int = Field(1024, ge=1)
     max_inflight_bytes: int | None = Field(None, ge=1024, le=2**62)  # absent: 4 message limits
     max_concurrent_rpcs: int = Field(1024, ge=1, le=MAX_GRPC_MESSAGE)
-    max_concurrent_streams: int = Field(128, ge=1, le=MAX_GRPC_MESSAGE)
-    max_connections: int = Field(512, ge=1, le=MAX_GRPC_MESSAGE)
+    max_concurrent_streams: int = Field(1024, ge=1, le=MAX_GRPC_MESSAGE)
     compute_mode: Literal["auto", "inline", "thread"] = "auto"
     inline_compute_ms: float = Field(5.0, ge=0)
     http_port: int = Field(0, ge=0, le=65535)  # node 1's HTTP/REST endpoint, on node 1's listen host; 0: off
