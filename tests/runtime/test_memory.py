@@ -14,6 +14,7 @@ import contextlib
 import json
 import time
 import weakref
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -244,11 +245,24 @@ def test_admission_waits_then_refuses_and_counts(unit: Unit):
                 out = await asyncio.gather(*(call(bytes([i]) * 8, timeout=10) for i in range(3)))
                 assert out == [bytes([i]) * 4 for i in range(3)]
                 assert lim.inflight == 0 and lim.peak <= lim.cap
+                # a caller that does not deliver its request in time gives its room back
+                adm.read_timeout_s = 0.3
+                trickle = ch.stream_unary(f"/{SERVICE}/ModelInfer")
+
+                async def late() -> AsyncIterator[bytes]:
+                    await asyncio.sleep(3.0)
+                    yield b"late"
+
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await trickle(late(), timeout=10)
+                assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "did not arrive within" in ei.value.details()
+                assert lim.inflight == 0
         finally:
             await server.stop(0)
 
     asyncio.run(go())
-    assert refusals == ["RESOURCE_EXHAUSTED"]
+    assert refusals == ["RESOURCE_EXHAUSTED"] * 2
 
 
 def test_allocator_helpers_are_safe_everywhere():

@@ -18,8 +18,10 @@ serves at once, how many request bytes it holds at a time, and giving memory bac
   a call reserves two message limits while its request is read and twice the request's size (its
   message and the tensor decoded from it) until its answer leaves. A call that finds no room waits
   (first come, first served) up to :data:`ADMIT_WAIT_S` or its deadline, unread, then gets
-  ``RESOURCE_EXHAUSTED`` (counted in ``distree_rejected_total{code="RESOURCE_EXHAUSTED"}``).
-  The transport does not read ahead for waiting calls (no bandwidth-delay probing: small windows).
+  ``RESOURCE_EXHAUSTED`` (counted in ``distree_rejected_total{code="RESOURCE_EXHAUSTED"}``); so does a
+  call whose request takes longer than :data:`READ_TIMEOUT_S` to arrive once it is being read.
+  The transport reads at most :data:`READ_AHEAD_BYTES` ahead for a waiting call (no bandwidth-delay
+  probing, fixed stream windows).
   Frames that an aborted call went through are cleared (:func:`release_frames`), so a refused
   request's memory is freed at once rather than by the garbage collector.
 - **Memory back to the OS**: large buffers are mapped and unmapped on their own
@@ -71,6 +73,10 @@ ADMIT_WAIT_S = 5.0
 #: a call being read reserves this many message limits (the transport's buffer and the copy Python makes
 #: of it); a call being handled this many times its request's size (the message and the decoded tensor)
 READ_COPIES = 2
+#: longest a call may take to deliver its request once it has room (its reservation is held meanwhile)
+READ_TIMEOUT_S = 10.0
+#: what the transport reads of a request before the node reads it (the HTTP/2 stream window)
+READ_AHEAD_BYTES = 256 << 10
 
 _CHAIN = "distree.node.v1.ChainNode"
 _INFERENCE = "inference.GRPCInferenceService"
@@ -174,9 +180,11 @@ class NodeLimits:
         """gRPC server options beyond the message limits (which :func:`~.link.channel_options` sets)."""
         return [
             ("grpc.max_concurrent_streams", self.concurrent_streams),
-            # without bandwidth-delay probing the transport's windows stay small, so it does not read ahead
-            # the requests of calls that wait for room (a call being read still gets its whole message at once)
+            # without bandwidth-delay probing the transport's windows stay at READ_AHEAD_BYTES per call, so it
+            # does not read ahead the requests of calls that wait for room (a call being read opens its window
+            # for its whole message: one more round trip for a request larger than that)
             ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", READ_AHEAD_BYTES),
         ]
 
 
@@ -275,6 +283,7 @@ class Admission(grpc.aio.ServerInterceptor):
         self.reserve = min(READ_COPIES * message_bytes, limiter.cap)
         self.on_refusal = on_refusal
         self.wait_s = ADMIT_WAIT_S if wait_s is None else wait_s
+        self.read_timeout_s = READ_TIMEOUT_S
         self.refusals = 0
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
@@ -293,7 +302,13 @@ class Admission(grpc.aio.ServerInterceptor):
                 await self._refuse(context)
             held = reserve
             try:
-                raw = await context.read()
+                try:  # a caller that trickles its request in must not hold the room for long
+                    async with asyncio.timeout(self.read_timeout_s):
+                        raw = await context.read()
+                except TimeoutError:
+                    raw = None
+                if raw is None:
+                    await self._slow(context)
                 if raw is grpc.aio.EOF:
                     await self._malformed(context, "the call carries no request message")
                 n = len(raw)
@@ -329,6 +344,14 @@ class Admission(grpc.aio.ServerInterceptor):
         reason = f"{why}; send it with the service's own stubs"
         self._count("INVALID_ARGUMENT", reason)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+    async def _slow(self, context: grpc.aio.ServicerContext) -> None:
+        reason = (
+            f"the request did not arrive within {self.read_timeout_s:g} s of node {self.k} starting to read it; "
+            "send the whole request at once (or over a faster link)"
+        )
+        self._count("RESOURCE_EXHAUSTED", reason)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
 
     async def _refuse(self, context: grpc.aio.ServicerContext) -> None:
         lim = self.limiter
