@@ -1,10 +1,12 @@
-"""Bounded memory of a node under a burst of maximum-size requests (real node processes on loopback).
+"""Bounded memory of a node: a burst of maximum-size requests (real node processes on loopback), and
+the limits themselves (derived message limit, spec validation, the budget's queue, admission over a
+real gRPC server).
 
-16 requests of the largest size the node accepts arrive at once; node 1 handles those that fit in its
-``max_inflight_bytes`` and refuses the others with RESOURCE_EXHAUSTED before parsing them. Its
-resident memory (VmRSS / VmHWM of the node process) rises by about twice the cap at most (plus one
-message of slack), and comes back near where it was once the burst is over. Timing is generous (the test machine is loaded): the
-memory is polled for up to 30 s.
+16 requests just under node 1's message limit arrive at once; node 1 reads them as its
+``max_inflight_bytes`` allows (the others wait unread) and refuses each as malformed. Its resident
+memory (VmRSS / VmHWM of the node process) rises by about twice the budget at most (plus one message
+of slack), and comes back near where it was once the burst is over. Timing is generous (the test
+machine is loaded): the memory is polled for up to 30 s.
 """
 
 from __future__ import annotations
