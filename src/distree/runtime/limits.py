@@ -204,7 +204,10 @@ class InflightBytes:
             from prometheus_client import Gauge
 
             self._gauge = Gauge(
-                "distree_inflight_bytes", "Bytes of requests this node is handling", ["node"], registry=registry
+                "distree_inflight_bytes",
+                "Bytes reserved for requests this node reads or handles",
+                ["node"],
+                registry=registry,
             ).labels(node=node)
 
     def _add(self, n: int) -> None:
