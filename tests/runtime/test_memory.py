@@ -36,9 +36,11 @@ from distree.runtime.limits import (
     MIN_MESSAGE_BYTES,
     Admission,
     InflightBytes,
+    MemoryReturner,
     NodeLimits,
     configure_allocator,
     derived_message_bytes,
+    libc,
     max_forward_rows,
     release_frames,
     trim_memory,
@@ -278,3 +280,25 @@ def test_allocator_helpers_are_safe_everywhere():
     # glibc here: both succeed; elsewhere they are no-ops returning False (never an error)
     assert configure_allocator() in (True, False)
     assert trim_memory() in (True, False)
+
+
+def test_memory_is_trimmed_once_the_node_is_idle_after_a_burst():
+    async def go() -> None:
+        lim = InflightBytes(1 << 30)
+        ret = MemoryReturner(lim, idle_s=0.1, after_bytes=1 << 20)
+        assert not ret.due(time.monotonic())  # nothing has arrived yet
+        assert await lim.acquire(2 << 20, 0.0)
+        lim.seen += 2 << 20
+        assert not ret.due(time.monotonic() + 1)  # a request is still in flight
+        lim.release(2 << 20)
+        assert not ret.due(time.monotonic())  # not idle long enough
+        assert ret.due(time.monotonic() + 0.2)
+        ret.start()
+        end = time.monotonic() + 5
+        while ret.trims == 0 and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        await ret.close()
+        assert ret.trims == (1 if libc() is not None else 0)  # without glibc it never runs
+        assert not ret.due(time.monotonic() + 1)  # trimmed: nothing new since
+
+    asyncio.run(go())
