@@ -19,6 +19,7 @@ import grpc
 
 from .auth import AccessControl
 from .core import NodeCore
+from .limits import Admission, InflightBytes, MemoryReturner, NodeLimits, configure_allocator
 from .link import channel_options
 from .protos import node_pb2_grpc
 from .servicer import ChainNodeServicer
@@ -51,13 +52,22 @@ async def serve_node(
     from .kserve import SERVICE, KServeServicer
 
     node = spec.node(k, replica)
+    configure_allocator()  # before the model loads: large buffers go back to the OS when freed
     core = NodeCore(spec, k, replica=replica)
+    labels = [str(c) for c in core.sidecar.get("classes", [])]
+    limits = NodeLimits.of(spec, k, core.in_shape, num_classes=core.num_classes, labels=labels)
 
     def refused(code: str, reason: str) -> None:
         core.metrics.rejected.labels(node=core.metrics.node, code=code).inc()
 
     access = AccessControl(spec, k, on_refusal=refused)
-    server = grpc.aio.server(options=channel_options(spec.max_message_bytes), interceptors=[access])
+    inflight = InflightBytes(limits.inflight_bytes, node=core.metrics.node, registry=core.metrics.registry)
+    returner = MemoryReturner(inflight)
+    server = grpc.aio.server(
+        options=channel_options(limits.message_bytes) + limits.server_options(),
+        interceptors=[access, Admission(inflight, k, limits.message_bytes, on_refusal=refused)],
+        maximum_concurrent_rpcs=limits.concurrent_rpcs,
+    )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     node_pb2_grpc.add_ChainNodeServicer_to_server(ChainNodeServicer(core), server)
@@ -75,6 +85,7 @@ async def serve_node(
         serve_metrics(spec, node, core.metrics)
     await core.start()
     await server.start()
+    returner.start()
     # ready only once the successor serves (or after SUCCESSOR_WAIT_S): a chain started in any order is
     # ready from the last node back to node 1, and node 1's first requests are not degraded
     link = core.link
@@ -110,6 +121,8 @@ async def serve_node(
             "listen": node.listen,
             "tls": spec.tls is not None,
             "http_port": spec.http_port if k == 1 else 0,
+            "max_message_bytes": limits.message_bytes,
+            "max_inflight_bytes": limits.inflight_bytes,
         },
     )
     stop = stop or asyncio.Event()
@@ -127,6 +140,7 @@ async def serve_node(
     if len(spec.replicas(k)) > 1:  # callers have another replica to move to: give their health watches time
         await asyncio.sleep(min(DRAIN_DELAY_S, grace_s))
     await asyncio.gather(server.stop(grace_s), rest.stop() if rest is not None else asyncio.sleep(0))
+    await returner.close()
     await core.close()
     log.info("node %d stopped", k, extra={"event": "stopped", "node": k})
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..policies import decode_state
 from .core import NodeCore
+from .limits import max_forward_rows
 from .protos import node_pb2, node_pb2_grpc
 from .tensors import BadTensor, check_finite, from_proto
 
@@ -43,13 +44,15 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
         core = self.core
         if core.k == 1:
             raise BadTensor("node 1 takes requests over the Open Inference Protocol (ModelInfer), not Forward")
-        x = from_proto(request.features, dtype="float32", row_shape=core.in_shape, max_rows=core.spec.max_request_batch)
+        x = from_proto(request.features, dtype="float32", row_shape=core.in_shape, max_rows=max_forward_rows(core.spec))
         b = x.shape[0]
         ids = list(request.request_ids)
         if len(ids) != b or len(set(ids)) != b:
             raise BadTensor(f"need {b} distinct request_ids (one per row), got {len(ids)}")
         if len(request.deadline_unix_s) not in (0, b):
             raise BadTensor(f"need 0 or {b} deadlines (one per row), got {len(request.deadline_unix_s)}")
+        if any(d != d for d in request.deadline_unix_s):
+            raise BadTensor("deadline_unix_s holds NaN; send seconds since the epoch, or 0 for no deadline")
         state = decode_state(request.policy_state) if request.policy_state else {}
         for key, v in state.items():
             if v.shape[:1] != (b,):

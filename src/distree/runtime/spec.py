@@ -8,10 +8,14 @@ Example (paths are relative to the spec file)::
     threads = 1                        # torch threads per node process
     return_margin_ms = 5.0             # time reserved per hop for an answer to travel back
     forward_timeout_s = 30.0           # cap on a hop's gRPC timeout when a request has no deadline
-    max_message_bytes = 67108864       # gRPC send/receive limit on every server and channel
+    max_message_bytes = 16777216       # optional gRPC message limit; absent: derived from the model's input size
+                                       # and max_request_batch (with headroom), at most 64 MiB
     max_request_batch = 1024           # largest batch one ModelInfer call may carry
     compute_mode = "auto"              # inline | thread | auto: inline when a batch takes <= inline_compute_ms
     inline_compute_ms = 5.0
+    max_inflight_bytes = 67108864      # optional: request bytes a node handles at once (default: 4 message limits)
+    max_concurrent_rpcs = 1024         # calls a node serves at once (more: RESOURCE_EXHAUSTED)
+    max_concurrent_streams = 1024      # calls per HTTP/2 connection (more are refused: UNAVAILABLE, retried)
     http_port = 8000                   # optional: the Open Inference Protocol over HTTP/REST on node 1 (0/absent: off)
 
     [batching]                         # optional dynamic batching, per node
@@ -75,6 +79,7 @@ Backend = Literal["torch", "onnx", "onnx-int8"]
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+MAX_GRPC_MESSAGE = 2**31 - 1  # gRPC's message limits are C ints
 _FIX = "see docs/runtime.md for the cluster spec keys"
 
 
@@ -217,8 +222,13 @@ class ClusterSpec(FrozenSchema):
     threads: int = Field(1, ge=1)
     return_margin_ms: float = Field(5.0, ge=0)
     forward_timeout_s: float = Field(30.0, gt=0)
-    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE, ge=1024)
+    # absent: each node derives its limit from the model (see .limits); the field's value is then the
+    # channels' send limit
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE, ge=1024, le=MAX_GRPC_MESSAGE)
     max_request_batch: int = Field(1024, ge=1)
+    max_inflight_bytes: int | None = Field(None, ge=1024, le=2**62)  # absent: 4 message limits
+    max_concurrent_rpcs: int = Field(1024, ge=1, le=MAX_GRPC_MESSAGE)
+    max_concurrent_streams: int = Field(1024, ge=1, le=MAX_GRPC_MESSAGE)
     compute_mode: Literal["auto", "inline", "thread"] = "auto"
     inline_compute_ms: float = Field(5.0, ge=0)
     http_port: int = Field(0, ge=0, le=65535)  # node 1's HTTP/REST endpoint, on node 1's listen host; 0: off
@@ -245,6 +255,18 @@ class ClusterSpec(FrozenSchema):
                 'client_auth = true (mutual TLS), or [access] token_file = "chain.token" (a shared secret, '
                 "mode 600), or [access] allow_unauthenticated = true on a network you trust",
                 ("access",),
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _inflight(self) -> ClusterSpec:
+        """A node must be able to hold at least one message of the largest size."""
+        cap = self.max_inflight_bytes
+        if cap is not None and "max_message_bytes" in self.model_fields_set and cap < self.max_message_bytes:
+            raise LocatedError(
+                f"= {cap} is below max_message_bytes = {self.max_message_bytes}: a request of the largest size "
+                "would always be refused; raise max_inflight_bytes or lower max_message_bytes",
+                ("max_inflight_bytes",),
             )
         return self
 
