@@ -159,7 +159,7 @@ def test_start_seeds_the_successor_estimate_from_info():
 def test_a_chain_link_works_over_any_transport():
     class Recorder(FakeSuccessor):
         async def forward(self, req, timeout):
-            if req.request_ids[0] == "boom":
+            if req.ids[0] == "boom":
                 raise rpc_error(grpc.StatusCode.INTERNAL, "exploded")
             return await super().forward(req, timeout)
 

@@ -7,7 +7,9 @@ Example (paths are relative to the spec file)::
     model_name = "distree"             # name served over the Open Inference Protocol
     threads = 1                        # torch threads per node process
     return_margin_ms = 5.0             # time reserved per hop for an answer to travel back
-    forward_timeout_s = 30.0           # cap on a hop's gRPC timeout when a request has no deadline
+    forward_timeout_s = 30.0           # cap on a hop's timeout when a request has no deadline
+    hop_timeout_factor = 4.0           # a hop may take this x the p99 of its last 256 round trips ...
+    hop_timeout_margin_ms = 200.0      # ... + this per hop still ahead, before its successor is suspect (0: off)
     max_message_bytes = 67108864       # gRPC send/receive limit on every server and channel
     max_request_batch = 1024           # largest batch one ModelInfer call may carry
     compute_mode = "auto"              # inline | thread | auto: inline when a batch takes <= inline_compute_ms
@@ -217,6 +219,8 @@ class ClusterSpec(FrozenSchema):
     threads: int = Field(1, ge=1)
     return_margin_ms: float = Field(5.0, ge=0)
     forward_timeout_s: float = Field(30.0, gt=0)
+    hop_timeout_factor: float = Field(4.0, ge=0)  # 0: no hop timeout, only deadlines and forward_timeout_s
+    hop_timeout_margin_ms: float = Field(200.0, ge=0)
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE, ge=1024)
     max_request_batch: int = Field(1024, ge=1)
     compute_mode: Literal["auto", "inline", "thread"] = "auto"
@@ -277,6 +281,15 @@ class ClusterSpec(FrozenSchema):
             ]
             data = {**data, "nodes": nodes}
         return data
+
+    @field_validator("hop_timeout_factor")
+    @classmethod
+    def _hop_factor(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError(
+                f"must be 0 (no hop timeout) or at least 1 (a hop may take that many times its p99 round trip), got {v}"
+            )
+        return v
 
     @field_validator("model_name")
     @classmethod
