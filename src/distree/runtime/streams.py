@@ -132,6 +132,7 @@ class _Stream:
         self.call.cancel()
 
     def close(self) -> None:
+        self.closing = True
         self._break(rpc_error(grpc.StatusCode.UNAVAILABLE, "the link was closed"))
         self.reader.cancel()
 
@@ -225,27 +226,42 @@ class _Replica:
             backoff = min(backoff * 2, longest)
 
     async def _watching(self) -> None:
-        """Follow the replica's health status (Watch), reconnecting after failures."""
+        """Follow the replica's health status (Watch). A replica that turns NOT_SERVING is draining: the
+        watch is ended (its server would otherwise cancel it on stopping) and health checks take over
+        until it serves again."""
         from grpc_health.v1 import health_pb2
 
-        backoff, longest = self.transport.backoff_s
+        first, longest = self.transport.backoff_s
+        backoff = first
         while True:
             try:
+                if self.serving is False and not await self.probe(max(0.5, backoff)):
+                    raise _NotYet
                 call = self.health.Watch(health_pb2.HealthCheckRequest(service=""), wait_for_ready=True)
-                async for r in call:
-                    backoff = self.transport.backoff_s[0]
-                    serving = r.status == health_pb2.HealthCheckResponse.SERVING
-                    if self.serving and not serving and self.stream is not None:
-                        log.info("replica %s of the successor drains", self.address, extra={"event": "replica_drains"})
-                        self.stream.close_writing()
-                        self.stream = None
-                    self.serving = serving
+                try:
+                    async for r in call:
+                        backoff = first
+                        if r.status != health_pb2.HealthCheckResponse.SERVING:
+                            self.drains()
+                            break
+                        self.serving = True
+                finally:
+                    call.cancel()
             except asyncio.CancelledError:
                 raise
-            except grpc.aio.AioRpcError:
+            except (grpc.aio.AioRpcError, _NotYet):
                 pass
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, longest)
+
+    def drains(self) -> None:
+        """The replica reports NOT_SERVING: no new forwards; those on its stream are still answered."""
+        if self.serving is not False:
+            log.info("replica %s of the successor drains", self.address, extra={"event": "replica_drains"})
+        self.serving = False
+        if self.stream is not None:
+            self.stream.close_writing()
+            self.stream = None
 
     async def close(self) -> None:
         for t in (self._watch, self._repair):
@@ -390,6 +406,10 @@ class StreamTransport:
         for r in self.replicas:
             with contextlib.suppress(Exception):
                 await r.close()
+
+
+class _NotYet(Exception):
+    """The replica does not serve yet."""
 
 
 def _expire(fut: asyncio.Future) -> None:
