@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .protos import node_pb2
-from .tensors import BadTensor, check_features
+from .tensors import BadTensor, check_features, check_finite
 
 MAGIC = b"DH"
 VERSION = 1
@@ -156,6 +156,7 @@ def decode_forward(frame: bytes, *, dtype: str, row_shape: tuple[int, ...], max_
     if not all(math.isfinite(d) and d >= 0 for d in row_deadlines) or not (math.isfinite(dl) and dl >= 0):
         raise BadFrame("deadlines must be finite wall-clock seconds >= 0 (0 = none)")
     x = np.frombuffer(frame, dtype=dtype, offset=off).reshape(shape).copy()
+    check_finite(x, "features")
     return ForwardFrame(rid, dl, from_node, row_ids, row_deadlines, state, x)
 
 

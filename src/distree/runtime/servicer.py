@@ -81,7 +81,6 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
         for key, v in state.items():
             if v.shape[:1] != (b,):
                 raise BadTensor(f"policy state {key!r} has leading dimension {v.shape[:1]}, expected ({b},)")
-        check_finite(f.x, "features")
         return f, [f"{tag}.{r}" for r in f.row_ids], state
 
     async def serve_frame(self, frame: bytes, rid: int, tag: str) -> bytes:
