@@ -113,55 +113,47 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
             server_s=clock.monotonic() - t_in,
         )
 
-    async def ForwardStream(  # noqa: N802
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        """Serve the forward frames of one caller's stream concurrently; yield each reply as it is ready."""
+    async def ForwardStream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        """Serve the forward frames of one caller's stream concurrently; write each reply as it is ready
+        (one write at a time). Ends once the caller has half-closed and every forward is answered."""
         tag = f"s{next(self._streams)}"
-        out: asyncio.Queue[bytes | None] = asyncio.Queue()
         serving: dict[int, asyncio.Task] = {}
         cancelled: set[int] = set()
+        lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
 
-        def done(rid: int, t: asyncio.Task) -> None:
-            serving.pop(rid, None)
-            if t.cancelled():
-                return
-            if rid in cancelled:
-                cancelled.discard(rid)
-                return
-            out.put_nowait(t.result())
+        async def write(data: bytes) -> None:
+            async with lock:
+                await context.write(data)
 
-        async def read() -> None:
+        async def serve(frame: bytes, rid: int) -> None:
             try:
-                async for frame in requests:
-                    try:
-                        kind, rid = frames.frame_kind(frame)
-                        if kind not in (frames.FORWARD, frames.CANCEL):
-                            raise frames.BadFrame(f"a caller sends forward or cancel frames, not kind {kind}")
-                    except frames.BadFrame as e:
-                        self._refused()
-                        rid = frames.PREFIX.unpack_from(frame)[3] if len(frame) >= frames.PREFIX.size else 0
-                        out.put_nowait(frames.encode_error(rid, _INVALID, str(e)))
-                        continue
-                    if kind == frames.CANCEL:
-                        if rid in serving:
-                            cancelled.add(rid)
-                        continue
-                    t = loop.create_task(self.serve_frame(frame, rid, tag))
-                    serving[rid] = t
-                    t.add_done_callback(lambda t, rid=rid: done(rid, t))
-                while serving:  # the caller has half-closed: answer what is in flight, then end
-                    await asyncio.wait(list(serving.values()))
+                reply = await self.serve_frame(frame, rid, tag)
+                if rid not in cancelled:
+                    await write(reply)
             finally:
-                out.put_nowait(None)
+                serving.pop(rid, None)
+                cancelled.discard(rid)
 
-        reader = loop.create_task(read())
         try:
-            while (reply := await out.get()) is not None:
-                yield reply
+            while (frame := await context.read()) is not grpc.aio.EOF:
+                try:
+                    kind, rid = frames.frame_kind(frame)
+                    if kind not in (frames.FORWARD, frames.CANCEL):
+                        raise frames.BadFrame(f"a caller sends forward or cancel frames, not kind {kind}")
+                except frames.BadFrame as e:
+                    self._refused()
+                    rid = frames.PREFIX.unpack_from(frame)[3] if len(frame) >= frames.PREFIX.size else 0
+                    await write(frames.encode_error(rid, _INVALID, str(e)))
+                    continue
+                if kind == frames.CANCEL:
+                    if rid in serving:
+                        cancelled.add(rid)
+                    continue
+                serving[rid] = loop.create_task(serve(frame, rid))
+            while serving:  # the caller has half-closed: answer what is in flight, then end
+                await asyncio.wait(list(serving.values()))
         finally:
-            reader.cancel()
             for t in list(serving.values()):
                 t.cancel()
 
