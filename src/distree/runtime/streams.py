@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
+import socket
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -44,6 +47,8 @@ METHOD = "/distree.node.v1.ChainNode/ForwardStream"
 INFO = "/distree.node.v1.ChainNode/Info"
 #: sends of one forward (the first included) over replicas whose stream broke under it
 MAX_ATTEMPTS = 4
+#: seconds between resolutions of the DNS names among a tier's addresses (pods come and go)
+RESOLVE_S = 30.0
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
@@ -140,13 +145,17 @@ class _Stream:
 class _Replica:
     """One replica of the successor's tier: its channel, stream, health watch and state."""
 
-    def __init__(self, transport: StreamTransport, address: str, tls: ClientTLS | None, max_bytes: int) -> None:
+    def __init__(
+        self, transport: StreamTransport, address: str, tls: ClientTLS | None, max_bytes: int, authority: str
+    ) -> None:
         from grpc_health.v1 import health_pb2_grpc
 
         self.transport = transport
         self.address = address
         self.metadata = transport.metadata
         opts = channel_options(max_bytes)
+        if authority != address:  # every replica of a tier is checked against one name (as one balanced channel)
+            opts.append(("grpc.default_authority", authority))
         if tls is None:
             self.channel = grpc.aio.insecure_channel(address, options=opts)
         else:
@@ -157,6 +166,7 @@ class _Replica:
             request_serializer=node_pb2.InfoRequest.SerializeToString,
             response_deserializer=node_pb2.InfoResponse.FromString,
         )
+        self.origin = address  # the spec's address it came from (a DNS name resolves to several replicas)
         self.stream: _Stream | None = None
         self.serving: bool | None = None  # the health watch's last word (None: not heard yet)
         self.state = "ok"  # ok | down (its stream or connection failed) | suspect (ran past the hop timeout)
@@ -263,6 +273,16 @@ class _Replica:
             self.stream.close_writing()
             self.stream = None
 
+    def retire(self) -> None:
+        """No longer one of the tier's addresses (DNS): no new forwards; closed once those on it are answered."""
+        self.state = "gone"
+        for t in (self._watch, self._repair):
+            if t is not None:
+                t.cancel()
+        if self.stream is not None:
+            self.stream.close_writing()
+        asyncio.get_running_loop().call_later(RESOLVE_S, lambda: asyncio.ensure_future(self.close()))
+
     async def close(self) -> None:
         for t in (self._watch, self._repair):
             if t is not None:
@@ -291,14 +311,69 @@ class StreamTransport:
         self.address = ",".join(addrs)
         self.backoff_s = backoff_s
         self.max_message_bytes = max_message_bytes
-        self.replicas = [_Replica(self, a, tls, max_message_bytes) for a in addrs]
+        self.tls = tls
+        self.authority = addrs[0]
+        self.replicas = [_Replica(self, a, tls, max_message_bytes, addrs[0]) for a in addrs]
         self._next = 0
         self._ids = itertools.count(1)
         self._rows = 1
+        # addresses given as DNS names (a Kubernetes headless Service answers every ready pod): each
+        # resolved address becomes a replica of its own, resolved again every RESOLVE_S seconds
+        self.names = {a: n for a in addrs if (n := _dns_name(a)) is not None}
+        self.getaddrinfo: Any = None  # the resolver (the event loop's by default)
+        self._resolver: asyncio.Task | None = None
+        self._wake: asyncio.Future | None = None
+        self._woken = 0.0
 
     def _start(self) -> None:
         for r in self.replicas:
             r.start()
+        if self.names and self._resolver is None:
+            self._resolver = asyncio.get_running_loop().create_task(self._resolving())
+
+    async def _resolving(self) -> None:
+        loop = asyncio.get_running_loop()
+        resolve = self.getaddrinfo or loop.getaddrinfo
+        while True:
+            for addr, (host, port) in self.names.items():
+                try:
+                    infos = await resolve(host, int(port), type=socket.SOCK_STREAM)
+                except OSError as e:
+                    log.warning("cannot resolve %s: %s", host, e, extra={"event": "resolve_failed"})
+                    continue
+                v4 = [sa[0] for fam, _, _, _, sa in infos if fam == socket.AF_INET]
+                v6 = [sa[0] for fam, _, _, _, sa in infos if fam == socket.AF_INET6]
+                ips = list(dict.fromkeys(v4 or v6))
+                if ips:
+                    self._resolved(addr, [f"{ip}:{port}" if ":" not in ip else f"[{ip}]:{port}" for ip in ips])
+            self._wake = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake, RESOLVE_S)
+
+    def _resolved(self, origin: str, targets: list[str]) -> None:
+        """The replicas of ``origin`` (a DNS name) are now ``targets``: add the new ones, retire the rest."""
+        current = {r.address: r for r in self.replicas if r.origin == origin}
+        if set(current) == set(targets):
+            return
+        for t in targets:
+            if t not in current:
+                r = _Replica(self, t, self.tls, self.max_message_bytes, self.authority)
+                r.origin = origin
+                self.replicas.append(r)
+                r.start()
+        for a, r in current.items():
+            if a not in targets:
+                self.replicas.remove(r)
+                r.retire()
+        log.info("%s resolves to %s", origin, ", ".join(targets), extra={"event": "resolved"})
+
+    def _resolve_soon(self) -> None:
+        """No replica is usable: resolve the names again now (at most once a second)."""
+        w = self._wake
+        now = asyncio.get_running_loop().time()
+        if w is not None and not w.done() and now - self._woken >= 1.0:
+            self._woken = now
+            w.set_result(None)
 
     def _row_ids(self, n: int) -> list[int]:
         """Row ids unique on this transport (the successor tells its callers' rows apart by them)."""
@@ -348,6 +423,7 @@ class StreamTransport:
         for attempt in range(MAX_ATTEMPTS):
             rep = self._pick(avoid=last)
             if rep is None:
+                self._resolve_soon()
                 raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"no replica of {self.address} is serving")
             if attempt:  # a new request id on the new stream
                 rid = next(self._ids)
@@ -403,9 +479,24 @@ class StreamTransport:
         return any(ok) and self.usable()
 
     async def close(self) -> None:
+        if self._resolver is not None:
+            self._resolver.cancel()
         for r in self.replicas:
             with contextlib.suppress(Exception):
                 await r.close()
+
+
+def _dns_name(address: str) -> tuple[str, str] | None:
+    """(host, port) of an address whose host is a DNS name (not an IP literal, not localhost)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host, port
+    return None
 
 
 class _NotYet(Exception):
