@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from distree.runtime import SpecError, load_spec, parse_spec
@@ -150,7 +152,13 @@ def test_hop_timeout_keys(rt, tmp_path):
     (tmp_path / "c.toml").write_text(text)
     s = load_spec(tmp_path / "c.toml")
     assert s.hop_timeout_factor == 3.0 and s.hop_timeout_margin_ms == 50.0
-    link = ChainLink.to_successor(s, 2, metrics=NodeMetrics(2))
+
+    async def link_of_node2() -> ChainLink:
+        link = ChainLink.to_successor(s, 2, metrics=NodeMetrics(2))
+        await link.close()
+        return link
+
+    link = asyncio.run(link_of_node2())
     assert link.hop_timeout_factor == 3.0 and link.hop_timeout_pad_s == pytest.approx(0.1)  # 2 hops ahead
     assert (
         parse_spec(

@@ -50,6 +50,14 @@ MAX_ATTEMPTS = 4
 #: seconds between resolutions of the DNS names among a tier's addresses (pods come and go)
 RESOLVE_S = 30.0
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+#: how a stream can end that would end a new one the same way (not a replica's failure)
+_REFUSALS = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
 
 
 class _Stream:
@@ -124,10 +132,16 @@ class _Stream:
         self._break(err or rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self.replica.address} ended (EOF)"))
 
     def _break(self, e: grpc.aio.AioRpcError) -> None:
-        """The stream is over: every forward still waiting on it fails with ``e``."""
+        """The stream is over: every forward still waiting on it fails with ``e``, as UNAVAILABLE (sent again
+        to another replica) unless the call itself was refused (access, limits: another send would be too)."""
         if self.broken:
             return
         self.broken = True
+        if e.code() not in _REFUSALS:
+            e = rpc_error(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the stream to {self.replica.address} broke ({e.code().name}: {e.details()})",
+            )
         pending, self.pending = self.pending, {}
         for fut in pending.values():
             if not fut.done():
