@@ -26,7 +26,7 @@ def test_sigstop_of_node3_keeps_latency_low_and_loses_nothing(rt):
     spec = write_spec(rt, "hung", policy=rt.last_exit)
     xs = [rt.images[i % len(rt.images)][None] for i in range(N)]
     with running(spec) as cluster, ClusterClient(spec.addresses(1)) as client:
-        for i in range(40):  # round trips for the hop timeouts to follow
+        for i in range(150):  # round trips for the hop timeouts to follow (p99 of 150: not just the slowest)
             r = client.infer(rt.images[i % 8][None], rpc_timeout_s=None)
             assert int(r.exit_node[0]) == 4 and not r.degraded[0]
         pid = cluster.procs[(3, 1)].pid

@@ -203,6 +203,7 @@ class Reply:
     est_compute_s: float
     est_continue_s: float
     server_s: float
+    first: bool = False  # the first answer on its stream (its round trip holds the stream's set-up)
 
 
 def decode_reply(frame: bytes, ids: list[str]) -> Reply:

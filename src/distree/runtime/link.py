@@ -16,8 +16,8 @@ degraded.
 
 Hung successors. Besides that deadline, a forward waits at most the *hop timeout*, which follows the
 successor's measured round trips: ``hop_timeout_factor`` x the p99 of the last 256 answered forwards
-(scaled up for a batch larger than usual) + ``hop_timeout_margin_ms`` per hop still ahead, capped by
-the deadline. A forward that runs past it is answered here as ``successor-timeout`` and the
+(not counting a stream's first, which holds its set-up; scaled up for a batch larger than usual)
++ ``hop_timeout_margin_ms`` per hop still ahead, capped by the deadline. A forward that runs past it is answered here as ``successor-timeout`` and the
 successor is marked *suspect*: probed like a dead one (rows meanwhile answered here, degraded
 ``successor-timeout``) and used again once it answers a health check. Until 16 round trips are
 known (and with ``hop_timeout_factor = 0``) only the deadline applies.
@@ -398,7 +398,8 @@ class ChainLink:
                 )
             return Forwarded({}, reason, clock.monotonic() - t)
         rtt = clock.monotonic() - t
-        self._took(rtt, len(ids))
+        if not getattr(resp, "first", False):  # a stream's first round trip holds its set-up: not a sample
+            self._took(rtt, len(ids))
         self.metrics.hop_s.observe(self.estimates.update(rtt, resp))
         return Forwarded({a.request_id: a for a in resp.answers}, "", rtt)
 

@@ -71,6 +71,7 @@ class _Stream:
         self.wake = asyncio.Event()
         self.closing = False  # half-closed: no new forwards
         self.broken = False
+        self.answered = 0  # replies taken from this stream
         loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write())
         self.reader = loop.create_task(self._read())
@@ -472,7 +473,10 @@ class StreamTransport:
                 timer.cancel()
             if kind == frames.REPLY:
                 try:
-                    return frames.decode_reply(frame, hop.ids)
+                    reply = frames.decode_reply(frame, hop.ids)
+                    reply.first = stream.answered == 0
+                    stream.answered += 1
+                    return reply
                 except frames.BadFrame as e:
                     raise rpc_error(grpc.StatusCode.INTERNAL, f"{rep.address} sent a bad reply: {e}") from None
             if kind == frames.ERROR:
