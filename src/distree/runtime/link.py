@@ -17,9 +17,10 @@ degraded.
 Hung successors. Besides that deadline, a forward waits at most the *hop timeout*, which follows the
 successor's measured round trips: ``hop_timeout_factor`` x the p99 of the last 256 answered forwards
 (not counting a stream's first, which holds its set-up; scaled up for a batch larger than usual)
-+ ``hop_timeout_margin_ms`` per hop still ahead, capped by the deadline. A forward that runs past it is answered here as ``successor-timeout`` and the
-successor is marked *suspect*: probed like a dead one (rows meanwhile answered here, degraded
-``successor-timeout``) and used again once it answers a health check. Until 16 round trips are
++ ``hop_timeout_margin_ms`` per hop still ahead, capped by the deadline. A forward that runs past it
+is answered here as ``successor-timeout`` and the successor is marked *suspect*: probed like a dead
+one (rows meanwhile answered here, degraded ``successor-timeout``) and used again once it answers a
+health check. Until 16 round trips are
 known (and with ``hop_timeout_factor = 0``) only the deadline applies.
 """
 
