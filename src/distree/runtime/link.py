@@ -20,8 +20,8 @@ successor's measured round trips: ``hop_timeout_factor`` x the p99 of the last 2
 + ``hop_timeout_margin_ms`` per hop still ahead, capped by the deadline. A forward that runs past it
 is answered here as ``successor-timeout`` and the successor is marked *suspect*: probed like a dead
 one (rows meanwhile answered here, degraded ``successor-timeout``) and used again once it answers a
-health check. Until 16 round trips are
-known (and with ``hop_timeout_factor = 0``) only the deadline applies.
+health check. Until 16 round trips are known (and with ``hop_timeout_factor = 0``) only the deadline
+applies.
 """
 
 from __future__ import annotations
