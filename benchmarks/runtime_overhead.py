@@ -3,8 +3,8 @@
 Prints, for WRN-16-2 (transport dominates) and a larger WRN (compute dominates), 4 nodes on loopback,
 last-exit policy (every request runs every node), batch 1:
 
-1. per hop: node-to-node forward time (round trip of the Forward call minus the callee's compute and
-   downstream time, so it holds both ends' serialisation, queueing and the answer's way back) divided
+1. per hop: node-to-node forward time (round trip of a forward on the node stream minus the callee's
+   compute and downstream time, so it holds both ends' serialisation, queueing and the answer's way back) divided
    by a bare grpc.aio unary call carrying the same bytes between two processes (the transport floor),
    with the runtime's channel options and a reply of the size of a one-row Forward answer. Two
    floors: the callee replies at once ("idle"), or the callee first runs the same segment + exit as

@@ -59,6 +59,11 @@ def test_plaintext_internal_calls_need_the_chain_token_and_inference_a_bearer_to
             with pytest.raises(grpc.RpcError) as ei:
                 stub.Forward(node_pb2.ForwardRequest(), timeout=10, metadata=[(TOKEN_METADATA, b"wrong")])
             assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            stream = ch.stream_stream("/distree.node.v1.ChainNode/ForwardStream")
+            for meta in (None, [(TOKEN_METADATA, b"wrong")]):
+                with pytest.raises(grpc.RpcError) as ei:
+                    list(stream(iter([b"x"]), timeout=10, metadata=meta))
+                assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert node_info(node2, chain_token=b"s3cret-chain").node == 2
         # the chain itself carries the token: every request runs all four nodes, nothing degraded
         with ClusterClient(spec.nodes[0].address, token="bob-token") as c:
@@ -73,7 +78,7 @@ def test_plaintext_internal_calls_need_the_chain_token_and_inference_a_bearer_to
         import urllib.request
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{spec.nodes[1].metrics_port}/metrics").read().decode()
-        assert 'distree_rejected_total{code="UNAUTHENTICATED",node="2"} 2.0' in text
+        assert 'distree_rejected_total{code="UNAUTHENTICATED",node="2"} 4.0' in text
         text1 = urllib.request.urlopen(f"http://127.0.0.1:{spec.nodes[0].metrics_port}/metrics").read().decode()
         assert 'distree_rejected_total{code="UNAUTHENTICATED",node="1"} 3.0' in text1  # 1 HTTP + 2 gRPC
         status = subprocess.run(

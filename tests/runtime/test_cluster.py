@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import grpc
 import numpy as np
 import pytest
@@ -191,6 +193,52 @@ def test_malformed_forward_between_nodes_is_rejected(rt, main_cluster):
         resp = stub.Forward(good, timeout=10)
         assert sorted(a.request_id for a in resp.answers) == ["a", "b"]
         assert all(2 <= a.exit_node <= 4 for a in resp.answers)
+
+
+def test_malformed_frames_on_the_node_stream_are_refused_alone(rt, main_cluster):
+    """One ForwardStream: good forwards, then every kind of bad frame, then good ones again. Each bad frame
+    gets its own error frame; the good ones on the same stream are answered, before and after."""
+    from distree.runtime import frames
+    from distree.runtime.streams import METHOD
+
+    shape = tuple(rt.trace.cost.hop_shapes[0])
+
+    def fwd(rid: int, h: np.ndarray, **kw) -> bytes:
+        b = h.shape[0]
+        args = {"row_ids": list(range(rid * 10, rid * 10 + b)), "row_deadlines": [0.0] * b, "deadline_unix_s": 0.0}
+        return frames.forward_frame(rid, h=h, from_node=1, **{**args, **kw})
+
+    good = np.zeros((2, *shape), np.float32)
+    sent = {
+        1: fwd(1, good),
+        2: fwd(2, np.zeros((1, shape[0] + 1, *shape[1:]), np.float32)),
+        3: fwd(3, np.full((1, *shape), np.nan, np.float32)),
+        4: fwd(4, good)[:-8],
+        5: b"XX" + fwd(5, good)[2:],
+        6: fwd(6, good[:1])[:24] + struct.pack("<I", 100_000) + fwd(6, good[:1])[28:],  # announces 100,000 rows
+        7: fwd(7, good, state=b"not a policy state"),
+        8: fwd(8, good[:1]),
+    }
+    want = {2: "shape", 3: "NaN", 4: "bytes", 5: "magic", 6: "batch size", 7: "state", 8: ""}
+    with make_channel(main_cluster.nodes[1].address) as ch:
+        replies = list(ch.stream_stream(METHOD)(iter(sent.values()), timeout=60))
+    by_id = {}
+    for r in replies:
+        kind, rid = frames.frame_kind(r)
+        by_id[rid if kind == frames.REPLY or rid else 5] = (kind, r)
+    assert sorted(by_id) == list(range(1, 9)), sorted(by_id)
+    for rid in (1, 8):
+        kind, r = by_id[rid]
+        assert kind == frames.REPLY
+        ans = frames.decode_reply(r, ["a", "b"][: 2 if rid == 1 else 1]).answers
+        assert all(2 <= a.exit_node <= 4 and abs(sum(a.probs) - 1) < 1e-4 for a in ans)
+    for rid, needle in want.items():
+        if rid == 8:
+            continue
+        kind, r = by_id[rid]
+        code, msg = frames.decode_error(r)
+        assert kind == frames.ERROR and code == grpc.StatusCode.INVALID_ARGUMENT.value[0], (rid, msg)
+        assert needle in msg, (rid, msg)
 
 
 _DTYPES = st.sampled_from(["UINT8", "FP32", "INT64", "BYTES", "", "FP16"])

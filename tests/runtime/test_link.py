@@ -159,7 +159,7 @@ def test_start_seeds_the_successor_estimate_from_info():
 def test_a_chain_link_works_over_any_transport():
     class Recorder(FakeSuccessor):
         async def forward(self, req, timeout):
-            if req.request_ids[0] == "boom":
+            if req.ids[0] == "boom":
                 raise rpc_error(grpc.StatusCode.INTERNAL, "exploded")
             return await super().forward(req, timeout)
 
@@ -207,3 +207,52 @@ def test_stale_estimates_are_refreshed_from_the_successor_info():
     assert high >= 0.4
     assert link.continue_s() < 0.01  # back to what the successor reports (+ an instant round trip)
     assert len(link.successor.calls) == 1  # no forward was needed for that
+
+
+def test_a_hung_successor_times_out_after_the_hop_timeout_and_is_probed_back():
+    """Once 16 round trips are known, a forward waits at most factor x p99 + margin per hop ahead; one that
+    runs past it is answered as successor-timeout and the successor is suspect until a probe answers."""
+    clock = ManualClock()
+    link = FakeLink(clock=clock)
+    link.hop_timeout_factor, link.hop_timeout_pad_s = 4.0, 0.2
+    link.successor.delay_s = 0.01
+    h = np.zeros((1, 2), np.float32)
+
+    async def go():
+        assert link.hop_timeout_s(1) == math.inf  # too few round trips known
+        for i in range(16):
+            assert (await link.forward([f"r{i}"], h, {}, [math.inf])).reason == ""
+        assert link.hop_timeout_s(1) == pytest.approx(4 * 0.01 + 0.2)
+        assert link.hop_timeout_s(4) == pytest.approx(4 * 4 * 0.01 + 0.2)  # a batch 4x the usual one
+        link.successor.delay_s = 30.0  # hung: answers only after the 30 s cap
+        t = clock.now
+        fwd = await link.forward(["hung"], h, {}, [math.inf])
+        assert fwd.reason == "successor-timeout" and clock.now - t == pytest.approx(0.24)
+        assert link.successor.calls[-1][1] == pytest.approx(0.24)
+        assert not link.up and link.down_reason == "successor-timeout"
+        link.successor.delay_s = 0.01
+        for _ in range(5000):  # the probe: the fake answers its health check again
+            if link.up:
+                break
+            await asyncio.sleep(0.001)
+        assert link.up
+        await link.close()
+
+    asyncio.run(go())
+
+
+def test_a_row_deadline_shorter_than_the_hop_timeout_does_not_make_the_successor_suspect():
+    clock = ManualClock()
+    link = FakeLink(clock=clock, margin_s=0.0)
+    link.successor.delay_s = 0.01
+    h = np.zeros((1, 2), np.float32)
+
+    async def go():
+        for i in range(16):
+            await link.forward([f"r{i}"], h, {}, [math.inf])
+        link.successor.delay_s = 0.1
+        fwd = await link.forward(["x"], h, {}, [clock.now + 0.05])
+        assert fwd.reason == "successor-timeout" and link.up  # late for that row, not hung
+        await link.close()
+
+    asyncio.run(go())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from distree.runtime import SpecError, load_spec, parse_spec
@@ -44,6 +46,12 @@ def test_bad_spec_errors_name_the_problem(rt, tmp_path):
         "missing file": ({**good, "policy": "nope.json"}, "'policy' = 'nope.json' does not exist"),
         "compute mode": ({**good, "compute_mode": "gpu"}, "'compute_mode' must be 'auto', 'inline' or 'thread', got"),
         "inline ms": ({**good, "inline_compute_ms": -1.0}, "'inline_compute_ms' must be >= 0"),
+        "hop factor": (
+            {**good, "hop_timeout_factor": 0.5},
+            "'hop_timeout_factor' must be 0 (no hop timeout) or at least 1",
+        ),
+        "hop factor < 0": ({**good, "hop_timeout_factor": -1.0}, "'hop_timeout_factor' must be >= 0"),
+        "hop margin": ({**good, "hop_timeout_margin_ms": -5.0}, "'hop_timeout_margin_ms' must be >= 0"),
         "same port": (
             {**good, "nodes": [{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:1"}]},
             "both listen on 127.0.0.1:1",
@@ -127,3 +135,40 @@ def test_spec_file_errors_are_one_line(rt, tmp_path):
             load_spec(f)
         msg = str(ei.value)
         assert msg.startswith(f"{f}: {needle}") and "\n" not in msg, (name, msg)
+
+
+def test_hop_timeout_keys(rt, tmp_path):
+    """Documented in docs/runtime.md; the link of a node reads them."""
+    from distree.runtime.link import ChainLink
+    from distree.runtime.metrics import NodeMetrics
+
+    text = spec_toml(
+        rt.checkpoint,
+        rt.policy,
+        [{"address": f"127.0.0.1:{7000 + k}"} for k in range(4)],
+        hop_timeout_factor=3.0,
+        hop_timeout_margin_ms=50.0,
+    )
+    (tmp_path / "c.toml").write_text(text)
+    s = load_spec(tmp_path / "c.toml")
+    assert s.hop_timeout_factor == 3.0 and s.hop_timeout_margin_ms == 50.0
+
+    async def link_of_node2() -> ChainLink:
+        link = ChainLink.to_successor(s, 2, metrics=NodeMetrics(2))
+        await link.close()
+        return link
+
+    link = asyncio.run(link_of_node2())
+    assert link.hop_timeout_factor == 3.0 and link.hop_timeout_pad_s == pytest.approx(0.1)  # 2 hops ahead
+    assert (
+        parse_spec(
+            {
+                "checkpoint": str(rt.checkpoint),
+                "policy": str(rt.policy),
+                "nodes": [{"address": "127.0.0.1:1"}],
+                "hop_timeout_factor": 0.0,
+            },
+            tmp_path / "z.toml",
+        ).hop_timeout_factor
+        == 0.0
+    )

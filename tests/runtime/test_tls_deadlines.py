@@ -137,6 +137,22 @@ def _forward(address: str, tls: ClientTLS) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def _stream(address: str, tls: ClientTLS) -> grpc.StatusCode:
+    """Open node ``address``'s ForwardStream and send one frame that is not a forward: an admitted caller
+    gets an error frame for it (INVALID_ARGUMENT), a refused one the call's status."""
+    from distree.runtime import frames
+    from distree.runtime.client import make_channel
+    from distree.runtime.streams import METHOD
+
+    with make_channel(address, tls) as ch:
+        try:
+            for r in ch.stream_stream(METHOD)(iter([b"not a frame"]), timeout=10):
+                return grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == frames.decode_error(r)[0]))
+        except grpc.RpcError as e:
+            return e.code()
+    return grpc.StatusCode.OK
+
+
 def test_roles_decide_who_may_call_what(tls_cluster):
     """Certificates carry roles: only node 1's identity may call node 2's Forward; a client certificate of
     the same CA is refused there, and a node certificate cannot use the inference service."""
@@ -146,6 +162,10 @@ def test_roles_decide_who_may_call_what(tls_cluster):
     assert _forward(node2, _tls(d, "node1")) == grpc.StatusCode.INVALID_ARGUMENT
     for who in ("client", "node3", "operator"):
         assert _forward(node2, _tls(d, who)) == grpc.StatusCode.PERMISSION_DENIED, who
+    # the node stream (what the chain itself uses) has the same rule as Forward
+    assert _stream(node2, _tls(d, "node1")) == grpc.StatusCode.INVALID_ARGUMENT
+    for who in ("client", "node3", "operator"):
+        assert _stream(node2, _tls(d, who)) == grpc.StatusCode.PERMISSION_DENIED, who
     assert node_info(node2, tls=_tls(d, "operator")).node == 2
     with pytest.raises(grpc.RpcError) as ei:
         node_info(node2, tls=_tls(d, "client"))

@@ -6,8 +6,9 @@ Identities come from certificates (mutual TLS): the URI subject alternative name
 ``distree://client/NAME`` for inference clients, ``distree://operator/NAME`` for cluster tools. The
 spec's ``[access]`` table says which roles each service admits:
 
-- ``forward`` (``ChainNode/Forward``) and ``info`` (``ChainNode/Info``): by default only the
-  predecessor tier (node K-1 on node K); ``info`` also operators.
+- ``forward`` (``ChainNode/ForwardStream``, the node stream, and the unary ``ChainNode/Forward``)
+  and ``info`` (``ChainNode/Info``): by default only the predecessor tier (node K-1 on node K);
+  ``info`` also operators.
 - ``inference`` (the Open Inference Protocol on node 1): by default clients and operators.
 
 Role terms: ``predecessor``, ``node`` (any tier), ``client``, ``operator``, ``any`` (no check).
@@ -99,7 +100,7 @@ class AccessControl(grpc.aio.ServerInterceptor):
         loopback = all(n.listen.rsplit(":", 1)[0] in _LOOPBACK for n in spec.nodes)
         # internal RPCs with neither identities nor a token: only where nobody else can reach them
         self.internal_open = not self.mtls and not self.chain_tokens and (loopback or acc.allow_unauthenticated)
-        self.rules = {"Forward": acc.forward, "Info": acc.info}
+        self.rules = {"Forward": acc.forward, "ForwardStream": acc.forward, "Info": acc.info}
         self.on_refusal = on_refusal
         self._logged: dict[tuple[str, str], int] = {}
 

@@ -254,7 +254,7 @@ class NodeCore:
                 if exits[j]:
                     reason = "deadline" if qos[j] else ""
                 elif forced:
-                    reason = "successor-unavailable"
+                    reason = getattr(self.link, "down_reason", "successor-unavailable")
                 else:
                     go.append(j)
                     continue

@@ -23,16 +23,11 @@ import grpc
 import numpy as np
 
 from .clock import SYSTEM_CLOCK, Clock
-from .link import ChainLink
+from .link import ChainLink, Hop, rpc_error
 from .metrics import NodeMetrics
 from .protos import node_pb2
 
 Handler = Callable[[node_pb2.ForwardRequest], node_pb2.ForwardResponse | Awaitable[node_pb2.ForwardResponse]]
-
-
-def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
-    """The exception a grpc.aio call raises when it ends with ``code``."""
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details or code.name)
 
 
 def features(req: node_pb2.ForwardRequest) -> np.ndarray:
@@ -64,7 +59,7 @@ def answer_all(
 
 
 class FakeSuccessor:
-    """An in-process node K+1. ``calls`` records every ``Forward`` as (request, timeout)."""
+    """An in-process node K+1. ``calls`` records every forward as (its ``ForwardRequest``, timeout)."""
 
     def __init__(
         self,
@@ -84,7 +79,8 @@ class FakeSuccessor:
         self.calls: list[tuple[node_pb2.ForwardRequest, float]] = []
         self.closed = False
 
-    async def forward(self, req: node_pb2.ForwardRequest, timeout: float) -> node_pb2.ForwardResponse:
+    async def forward(self, hop: Hop, timeout: float) -> node_pb2.ForwardResponse:
+        req = hop.request()
         self.calls.append((req, timeout))
         if self.down:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"{self.address} is down")

@@ -13,6 +13,15 @@ is the latest of those (capped by ``timeout_s``, the cap for rows without a dead
 keeps time to answer the rows itself when the successor is late. A forward that has no time left,
 or whose call fails, returns a reason and no answers; the core then answers those rows itself,
 degraded.
+
+Hung successors. Besides that deadline, a forward waits at most the *hop timeout*, which follows the
+successor's measured round trips: ``hop_timeout_factor`` x the p99 of the last 256 answered forwards
+(not counting a stream's first, which holds its set-up; scaled up for a batch larger than usual)
++ ``hop_timeout_margin_ms`` per hop still ahead, capped by the deadline. A forward that runs past it
+is answered here as ``successor-timeout`` and the successor is marked *suspect*: probed like a dead
+one (rows meanwhile answered here, degraded ``successor-timeout``) and used again once it answers a
+health check. Until 16 round trips are known (and with ``hop_timeout_factor = 0``) only the deadline
+applies.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -136,12 +146,40 @@ class LinkEstimates:
 REFRESH_S = 0.5
 
 
+@dataclass(slots=True)
+class Hop:
+    """The rows of one forward as the transport carries them."""
+
+    ids: list[str]
+    h: np.ndarray  # features (B, ...)
+    state: bytes  # distree.policies.encode_state of the rows (b"" = none)
+    deadline_unix_s: list[float]  # per row, wall clock (0 = none)
+    timeout_s: float  # the hop's deadline as seconds from now (a unary call's gRPC timeout)
+    deadline_s: float  # the same, wall clock
+    from_node: int
+
+    def request(self) -> node_pb2.ForwardRequest:
+        """The rows as a unary ``Forward`` request."""
+        return node_pb2.ForwardRequest(
+            request_ids=self.ids,
+            features=to_proto(self.h),
+            policy_state=self.state,
+            deadline_unix_s=self.deadline_unix_s,
+            from_node=self.from_node,
+        )
+
+
 class Transport(Protocol):
-    """What carries calls to the successor. Failures raise ``grpc.aio.AioRpcError``."""
+    """What carries calls to the successor. Failures raise ``grpc.aio.AioRpcError``.
+
+    ``forward`` waits at most ``timeout`` seconds (``<= hop.timeout_s``, the hop's deadline that the
+    successor is told) and then fails with DEADLINE_EXCEEDED. Its answer has ``answers`` (with
+    ``request_id``) and the callee's timings as in ``ForwardResponse``.
+    """
 
     address: str
 
-    async def forward(self, req: node_pb2.ForwardRequest, timeout: float) -> node_pb2.ForwardResponse: ...
+    async def forward(self, hop: Hop, timeout: float) -> Any: ...
     async def info(self, timeout: float) -> node_pb2.InfoResponse: ...
     async def healthy(self, timeout: float) -> bool: ...
     async def close(self) -> None: ...
@@ -152,6 +190,7 @@ class Link(Protocol):
 
     address: str
     up: bool
+    down_reason: str  # the degradation reason of rows answered here while it is down
     estimates: LinkEstimates
     forwards: int  # Forward calls made
 
@@ -165,10 +204,16 @@ class Link(Protocol):
     async def close(self) -> None: ...
 
 
+def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
+    """The exception a grpc.aio call raises when it ends with ``code``."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details or code.name)
+
+
 class GrpcTransport:
-    """A persistent grpc.aio channel to tier K+1 (ChainNode + health), over every replica's address: a
-    call goes to a healthy replica (round robin), and one that fails as unavailable is sent again to
-    another; it fails only when no replica is usable."""
+    """Unary ``Forward`` calls over a persistent grpc.aio channel to tier K+1 (ChainNode + health), over
+    every replica's address: a call goes to a healthy replica (round robin), and one that fails as
+    unavailable is sent again to another; it fails only when no replica is usable. (Nodes use
+    :class:`~distree.runtime.streams.StreamTransport`; this one remains for tools and tests.)"""
 
     def __init__(
         self,
@@ -189,8 +234,16 @@ class GrpcTransport:
         self.stub = node_pb2_grpc.ChainNodeStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
-    def forward(self, req: node_pb2.ForwardRequest, timeout: float) -> Awaitable[node_pb2.ForwardResponse]:
-        return self.stub.Forward(req, timeout=timeout, metadata=self.metadata)
+    async def forward(self, hop: Hop, timeout: float) -> node_pb2.ForwardResponse:
+        call = self.stub.Forward(hop.request(), timeout=hop.timeout_s, metadata=self.metadata)
+        if timeout >= hop.timeout_s:
+            return await call
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            raise rpc_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within the hop timeout {timeout:.3f} s"
+            ) from None
 
     async def info(self, timeout: float) -> node_pb2.InfoResponse:
         return await self.stub.Info(node_pb2.InfoRequest(), timeout=timeout, metadata=self.metadata)
@@ -206,6 +259,11 @@ class GrpcTransport:
         await self.channel.close()
 
 
+#: answered round trips the hop timeout needs before it applies, and how many it looks back on
+HOP_TIMEOUT_MIN_SAMPLES = 16
+HOP_TIMEOUT_WINDOW = 256
+
+
 class ChainLink:
     """Forwarding over a transport, with deadlines, estimates, up/down state and reconnection."""
 
@@ -219,6 +277,9 @@ class ChainLink:
         metrics: NodeMetrics | None = None,
         clock: Clock = SYSTEM_CLOCK,
         backoff_s: tuple[float, float] = (0.05, 1.0),
+        hop_timeout_factor: float = 4.0,
+        hop_timeout_margin_s: float = 0.2,
+        hops_ahead: int = 1,
     ) -> None:
         self.transport = transport
         self.address = transport.address
@@ -228,9 +289,15 @@ class ChainLink:
         self.metrics = metrics if metrics is not None else NodeMetrics(from_node)
         self.clock = clock
         self.backoff_s = backoff_s  # reconnection probe: first and longest wait between health checks
+        self.hop_timeout_factor = hop_timeout_factor  # 0: no hop timeout (only deadlines)
+        self.hop_timeout_pad_s = hop_timeout_margin_s * max(1, hops_ahead)  # margin per hop still ahead
         self.estimates = LinkEstimates()
         self.up = True  # optimistic: the first failure marks it down
+        self.down_reason = "successor-unavailable"  # how rows are degraded while it is down
         self.forwards = 0
+        self.rtts: deque[float] = deque(maxlen=HOP_TIMEOUT_WINDOW)  # answered round trips (s)
+        self.rows = Ewma(0.1, default=1.0)  # rows per forward
+        self._p99 = math.inf
         self._probe: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._estimated_at = clock.monotonic()  # when the estimates last took in a measurement
@@ -241,12 +308,13 @@ class ChainLink:
     def to_successor(
         cls, spec: ClusterSpec, k: int, *, metrics: NodeMetrics, clock: Clock = SYSTEM_CLOCK, replica: int = 1
     ) -> ChainLink:
-        """The gRPC link from node ``k`` (its replica ``replica``) to node ``k + 1``, over all its replicas."""
+        """The link from node ``k`` (its replica ``replica``) to node ``k + 1``: one raw stream per replica."""
         from .auth import chain_token
+        from .streams import StreamTransport
         from .tls import node_client_tls
 
         tls = node_client_tls(spec, spec.node(k, replica))
-        transport = GrpcTransport(spec.addresses(k + 1), tls, spec.max_message_bytes, token=chain_token(spec))
+        transport = StreamTransport(spec.addresses(k + 1), tls, spec.max_message_bytes, token=chain_token(spec))
         return cls(
             transport,
             from_node=k,
@@ -254,6 +322,9 @@ class ChainLink:
             timeout_s=spec.forward_timeout_s,
             metrics=metrics,
             clock=clock,
+            hop_timeout_factor=spec.hop_timeout_factor,
+            hop_timeout_margin_s=spec.hop_timeout_margin_ms / 1000.0,
+            hops_ahead=spec.num_nodes - k,
         )
 
     def back_s(self) -> float:
@@ -283,6 +354,21 @@ class ChainLink:
         self.estimates.hop.update(self.clock.monotonic() - t)
         self.estimates.next.update(info.est_compute_s + info.est_queue_s)
 
+    def hop_timeout_s(self, rows: int) -> float:
+        """How long a forward of ``rows`` rows may take before the successor counts as hung (inf: no limit)."""
+        if self.hop_timeout_factor <= 0 or len(self.rtts) < HOP_TIMEOUT_MIN_SAMPLES:
+            return math.inf
+        scale = max(1.0, rows / max(self.rows.value, 1.0))
+        return self.hop_timeout_factor * self._p99 * scale + self.hop_timeout_pad_s
+
+    def _took(self, rtt: float, rows: int) -> None:
+        self.rtts.append(rtt)
+        self.rows.update(rows)
+        n = len(self.rtts)
+        if n >= HOP_TIMEOUT_MIN_SAMPLES and (n < HOP_TIMEOUT_WINDOW or self.forwards % 16 == 0):
+            xs = sorted(self.rtts)
+            self._p99 = xs[min(n - 1, int(0.99 * n))]
+
     async def start(self) -> None:
         self._spawn(self._seed())
 
@@ -302,35 +388,36 @@ class ChainLink:
         """Send rows (features ``h``, policy state, per-row monotonic deadlines) to the successor."""
         clock = self.clock
         t = clock.monotonic()
+        wall = clock.wall()
         timeout, dl_unix = successor_deadlines(
-            deadline, now=t, wall=clock.wall(), back_s=self.back_s(), max_timeout_s=self.timeout_s
+            deadline, now=t, wall=wall, back_s=self.back_s(), max_timeout_s=self.timeout_s
         )
         if timeout <= 0:
             return Forwarded({}, "deadline", clock.monotonic() - t)
-        req = node_pb2.ForwardRequest(
-            request_ids=ids,
-            features=to_proto(h),
-            policy_state=encode_state(state) if state else b"",
-            deadline_unix_s=dl_unix,
-            from_node=self.from_node,
-        )
+        hop = Hop(ids, h, encode_state(state) if state else b"", dl_unix, timeout, wall + timeout, self.from_node)
+        hung_s = self.hop_timeout_s(len(ids))
+        wait = min(timeout, hung_s)
         self.forwards += 1
         try:
             try:
-                resp = await self.transport.forward(req, timeout)
+                resp = await self.transport.forward(hop, wait)
             except grpc.aio.AioRpcError as e:
                 # a channel still backing off from an earlier failed connection (the successor started
                 # after this node, or restarted) fails calls at once: if it connects within a moment,
                 # send again instead of degrading the answer
-                left = timeout - (clock.monotonic() - t)
+                left = wait - (clock.monotonic() - t)
                 if failure_reason(e.code()) != "successor-unavailable" or not await self._reachable(min(0.25, left)):
                     raise
-                resp = await self.transport.forward(req, timeout - (clock.monotonic() - t))
+                spent = clock.monotonic() - t
+                hop.timeout_s = timeout - spent
+                resp = await self.transport.forward(hop, wait - spent)
         except grpc.aio.AioRpcError as e:
             code = e.code()
             reason = failure_reason(code)
             if reason == "successor-unavailable":
                 self.mark_down(f"{code.name}: {e.details()}")
+            elif reason == "successor-timeout" and hung_s < timeout:
+                self._hung(hung_s)
             elif reason == "successor-error":
                 log.warning(
                     "successor %s failed a forward: %s %s",
@@ -341,9 +428,18 @@ class ChainLink:
                 )
             return Forwarded({}, reason, clock.monotonic() - t)
         rtt = clock.monotonic() - t
+        if not getattr(resp, "first", False):  # a stream's first round trip holds its set-up: not a sample
+            self._took(rtt, len(ids))
         self.metrics.hop_s.observe(self.estimates.update(rtt, resp))
         self._estimated_at = clock.monotonic()
         return Forwarded({a.request_id: a for a in resp.answers}, "", rtt)
+
+    def _hung(self, hung_s: float) -> None:
+        """A forward ran past the hop timeout: the successor is suspect (unless other replicas serve)."""
+        usable = getattr(self.transport, "usable", None)
+        if usable is not None and usable():
+            return  # the transport set that replica aside; the others take the rows
+        self.mark_down(f"no answer within the hop timeout of {hung_s * 1000:.0f} ms", reason="successor-timeout")
 
     # ------------------------------------------------------------------ up/down
     async def _reachable(self, timeout: float) -> bool:
@@ -364,15 +460,18 @@ class ChainLink:
             await self.clock.sleep(min(0.05, max(left, 0.0)))
         return False
 
-    def mark_down(self, why: str) -> None:
-        """Stop sending (the core answers locally) and probe the successor's health until it is back."""
+    def mark_down(self, why: str, reason: str = "successor-unavailable") -> None:
+        """Stop sending (the core answers locally, degraded with ``reason``) and probe the successor's
+        health until it is back."""
         if self.up:
             log.warning(
-                "successor %s is down (%s); answering locally until it is back",
+                "successor %s is %s (%s); answering locally until it is back",
                 self.address,
+                "suspect" if reason == "successor-timeout" else "down",
                 why,
-                extra={"event": "successor_down", "successor": self.address},
+                extra={"event": "successor_down", "successor": self.address, "reason": reason},
             )
+            self.down_reason = reason
         self.up = False
         self.metrics.successor_up.set(0)
         if self._probe is None or self._probe.done():

@@ -21,7 +21,6 @@ from .auth import AccessControl
 from .core import NodeCore
 from .limits import Admission, InflightBytes, MemoryReturner, NodeLimits, configure_allocator
 from .link import channel_options
-from .protos import node_pb2_grpc
 from .servicer import ChainNodeServicer
 from .spec import ClusterSpec
 from .tls import server_credentials
@@ -70,7 +69,7 @@ async def serve_node(
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    node_pb2_grpc.add_ChainNodeServicer_to_server(ChainNodeServicer(core), server)
+    ChainNodeServicer(core).register(server)
     services = ["", "distree.node.v1.ChainNode"]
     plane = rest = None
     if k == 1:

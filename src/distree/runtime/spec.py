@@ -7,7 +7,9 @@ Example (paths are relative to the spec file)::
     model_name = "distree"             # name served over the Open Inference Protocol
     threads = 1                        # torch threads per node process
     return_margin_ms = 5.0             # time reserved per hop for an answer to travel back
-    forward_timeout_s = 30.0           # cap on a hop's gRPC timeout when a request has no deadline
+    forward_timeout_s = 30.0           # cap on a hop's timeout when a request has no deadline
+    hop_timeout_factor = 4.0           # a hop may take this x the p99 of its last 256 round trips ...
+    hop_timeout_margin_ms = 200.0      # ... + this per hop still ahead, before its successor is suspect (0: off)
     max_message_bytes = 16777216       # optional gRPC message limit; absent: derived from the model's input size
                                        # and max_request_batch (with headroom), at most 64 MiB
     max_request_batch = 1024           # largest batch one ModelInfer call may carry
@@ -222,6 +224,8 @@ class ClusterSpec(FrozenSchema):
     threads: int = Field(1, ge=1)
     return_margin_ms: float = Field(5.0, ge=0)
     forward_timeout_s: float = Field(30.0, gt=0)
+    hop_timeout_factor: float = Field(4.0, ge=0)  # 0: no hop timeout, only deadlines and forward_timeout_s
+    hop_timeout_margin_ms: float = Field(200.0, ge=0)
     # absent: each node derives its limit from the model (see .limits); the field's value is then the
     # channels' send limit
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE, ge=1024, le=MAX_GRPC_MESSAGE)
@@ -299,6 +303,15 @@ class ClusterSpec(FrozenSchema):
             ]
             data = {**data, "nodes": nodes}
         return data
+
+    @field_validator("hop_timeout_factor")
+    @classmethod
+    def _hop_factor(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError(
+                f"must be 0 (no hop timeout) or at least 1 (a hop may take that many times its p99 round trip), got {v}"
+            )
+        return v
 
     @field_validator("model_name")
     @classmethod

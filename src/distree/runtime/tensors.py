@@ -17,19 +17,32 @@ def to_proto(a: np.ndarray) -> node_pb2.Tensor:
     return node_pb2.Tensor(dtype=a.dtype.name, shape=a.shape, data=a.tobytes())  # tobytes is C order
 
 
-def from_proto(t: node_pb2.Tensor, *, dtype: str, row_shape: tuple[int, ...], max_rows: int) -> np.ndarray:
-    """Decode and check a (B, *row_shape) tensor of ``dtype`` (one writable copy of the message bytes)."""
-    if t.dtype != dtype:
-        raise BadTensor(f"features dtype is {t.dtype!r}, this node expects {dtype!r}")
-    shape = tuple(t.shape)
+def check_features(
+    got_dtype: str,
+    shape: tuple[int, ...],
+    nbytes: int | None,
+    *,
+    dtype: str,
+    row_shape: tuple[int, ...],
+    max_rows: int,
+) -> None:
+    """Check a (B, *row_shape) tensor's dtype, shape, batch size and byte count (None: not known yet)."""
+    if got_dtype != dtype:
+        raise BadTensor(f"features dtype is {got_dtype!r}, this node expects {dtype!r}")
     if len(shape) != 1 + len(row_shape) or shape[1:] != tuple(row_shape):
         raise BadTensor(f"features shape is {list(shape)}, this node expects [B, {', '.join(map(str, row_shape))}]")
     if not 1 <= shape[0] <= max_rows:
         raise BadTensor(f"batch size {shape[0]} is outside 1..{max_rows}")
-    data = t.data  # each access of a bytes field makes a new bytes object: read it once
     want = math.prod(shape) * np.dtype(dtype).itemsize
-    if len(data) != want:
-        raise BadTensor(f"features carry {len(data)} bytes but shape {list(shape)} of {dtype} needs {want}")
+    if nbytes is not None and nbytes != want:
+        raise BadTensor(f"features carry {nbytes} bytes but shape {list(shape)} of {dtype} needs {want}")
+
+
+def from_proto(t: node_pb2.Tensor, *, dtype: str, row_shape: tuple[int, ...], max_rows: int) -> np.ndarray:
+    """Decode and check a (B, *row_shape) tensor of ``dtype`` (one writable copy of the message bytes)."""
+    shape = tuple(t.shape)
+    data = t.data  # each access of a bytes field makes a new bytes object: read it once
+    check_features(t.dtype, shape, len(data), dtype=dtype, row_shape=row_shape, max_rows=max_rows)
     return np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
 
 

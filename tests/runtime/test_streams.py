@@ -1,0 +1,60 @@
+"""The stream transport's replica set: a tier given as one DNS name becomes one replica per address the
+name resolves to, and follows the name when its answers change (Kubernetes headless Services)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from distree.runtime.cluster import free_ports
+from distree.runtime.streams import StreamTransport
+
+
+async def _health_server(port: int):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1.health import aio as health_aio
+
+    server = grpc.aio.server()
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server
+
+
+def test_a_dns_name_becomes_one_replica_per_address_and_follows_the_name():
+    port = free_ports(1)[0]
+    answers = {"ips": ["127.0.0.1"]}
+
+    async def getaddrinfo(host, p, type=0):  # noqa: A002 - the event loop's signature
+        assert host == "tier2.example" and p == port
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, p)) for ip in answers["ips"]]
+
+    async def go():
+        server = await _health_server(port)
+        t = StreamTransport(f"tier2.example:{port}", None, 1 << 20, backoff_s=(0.01, 0.05))
+        t.getaddrinfo = getaddrinfo
+        try:
+            assert [r.address for r in t.replicas] == [f"tier2.example:{port}"]
+            t._start()
+            for _ in range(500):
+                if [r.address for r in t.replicas] == [f"127.0.0.1:{port}"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert [r.address for r in t.replicas] == [f"127.0.0.1:{port}"]
+            assert await t.healthy(2.0)
+            answers["ips"] = ["127.0.0.1", "127.0.0.2"]  # a pod more (127.0.0.2 serves nothing here)
+            t._wake.set_result(None)
+            for _ in range(500):
+                if len(t.replicas) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert sorted(r.address for r in t.replicas) == [f"127.0.0.1:{port}", f"127.0.0.2:{port}"]
+            assert t.usable()
+        finally:
+            await t.close()
+            await server.stop(0)
+
+    asyncio.run(go())
