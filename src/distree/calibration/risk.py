@@ -12,7 +12,7 @@ fixed-sequence testing:
    shares linearly from each reference to the next. The earlier path (``"interpolate"``) scales
    the shares from zero to one reference fitted for 2 x EPS; it ends further from the frontier
    (on CIFAR-10 WRN-16-1 traces the default policy certified 40.4% saving at 0.5 pp with it,
-   43.7% on the frontier path; docs/policies.md).
+   44.2% on the frontier path; docs/policies.md).
    Consecutive candidates differ by a few exits, so the drop grows smoothly along the sequence.
 2. On the second part each candidate k in that order is tested against the null hypothesis
    H_k: drop(k) > EPS, at level DELTA, stopping at the first one that is not rejected. Fixed-
