@@ -58,3 +58,49 @@ def test_a_dns_name_becomes_one_replica_per_address_and_follows_the_name():
             await server.stop(0)
 
     asyncio.run(go())
+
+
+def test_a_stream_reports_the_wait_behind_its_queued_bytes():
+    """The link's backlog: bytes handed to a stream and not yet written, at the rate its large writes take.
+    The deadline rule adds it to the time to continue (ChainLink.continue_s)."""
+    from distree.runtime.streams import _Stream
+
+    rate = 1_000_000.0  # the fake link writes 1 MB/s
+
+    class Call:
+        async def write(self, data: bytes) -> None:
+            await asyncio.sleep(len(data) / rate)
+
+        async def read(self):
+            await asyncio.Event().wait()
+
+        async def done_writing(self) -> None:
+            pass
+
+        def cancel(self) -> None:
+            pass
+
+    class Replica:
+        address, metadata = "fake:1", ()
+        channel = type("Ch", (), {"stream_stream": staticmethod(lambda method: lambda metadata=(): Call())})()
+
+        def stream_ended(self, stream, e) -> None:
+            pass
+
+    async def run() -> tuple[float, float, float]:
+        s = _Stream(Replica())  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        before = s.backlog_s()
+        for rid in range(1, 6):  # 5 frames of 100 kB: 0.5 s of writing
+            s.send(rid, b"x" * 100_000, loop.create_future())
+        await asyncio.sleep(0.15)  # the first frame is written and timed, the others wait
+        mid = s.backlog_s()
+        await asyncio.sleep(0.6)
+        after = s.backlog_s()
+        s.close()
+        return before, mid, after
+
+    before, mid, after = asyncio.run(run())
+    assert before == 0.0 and after == 0.0
+    # 3-4 frames still queued at ~1 MB/s measured: 0.3-0.4 s (timer slack on a loaded machine allowed)
+    assert 0.15 < mid < 0.6, mid

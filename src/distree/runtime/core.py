@@ -163,7 +163,7 @@ class NodeCore:
 
     def est_continue(self) -> float:
         """Estimated seconds from now until the successor's answer for a row forwarded now."""
-        return (self.link.estimates if self.link is not None else self._no_link).continue_s()
+        return self.link.continue_s() if self.link is not None else self._no_link.continue_s()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:

@@ -332,7 +332,10 @@ class ChainLink:
         return self.margin_s + 0.5 * self.estimates.hop.value
 
     def continue_s(self) -> float:
-        return self.estimates.continue_s()
+        """The estimates' time to the successor's answer plus the wait behind the bytes already queued on
+        the link (its backlog: on a slow link requests queue here before they reach the successor)."""
+        backlog = getattr(self.transport, "backlog_s", None)
+        return self.estimates.continue_s() + (backlog() if backlog is not None else 0.0)
 
     def refresh_if_stale(self) -> None:
         """Start one Info call to the successor when the estimates are older than :data:`REFRESH_S`: its

@@ -30,6 +30,7 @@ import ipaddress
 import itertools
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import grpc
 
 from . import frames
+from .estimates import Ewma
 from .link import Hop, channel_options, rpc_error
 from .protos import node_pb2
 from .tls import ClientTLS
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 METHOD = "/distree.node.v1.ChainNode/ForwardStream"
 INFO = "/distree.node.v1.ChainNode/Info"
+#: frames at least this large time the stream's write rate (smaller ones measure call overhead, not the link)
+BACKLOG_MIN_BYTES = 64 * 1024
 #: sends of one forward (the first included) over replicas whose stream broke under it
 MAX_ATTEMPTS = 4
 #: seconds between resolutions of the DNS names among a tier's addresses (pods come and go)
@@ -72,6 +76,8 @@ class _Stream:
         self.closing = False  # half-closed: no new forwards
         self.broken = False
         self.answered = 0  # replies taken from this stream
+        self.queued = 0  # bytes handed to the stream and not yet written: the link's backlog
+        self.rate = Ewma(0.2)  # bytes per second the writes take (measured on frames of 64 KiB and more)
         loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write())
         self.reader = loop.create_task(self._read())
@@ -79,7 +85,13 @@ class _Stream:
     def send(self, rid: int, data: bytes, fut: asyncio.Future) -> None:
         self.pending[rid] = fut
         self.out.append((rid, data))
+        self.queued += len(data)
         self.wake.set()
+
+    def backlog_s(self) -> float:
+        """Seconds the bytes queued on this stream still need at the measured write rate (0 before any
+        large write was timed: on a fast link nothing queues)."""
+        return self.queued / self.rate.value if self.queued and self.rate.n else 0.0
 
     def forget(self, rid: int) -> None:
         """The forward of ``rid`` is no longer waited for: drop it if unsent, else tell the replica."""
@@ -97,8 +109,16 @@ class _Stream:
                 while self.out:
                     rid, data = self.out.popleft()
                     if rid and rid not in self.pending:
+                        self.queued -= len(data)
                         continue  # its caller gave up before it was sent
-                    await self.call.write(data)
+                    t = time.monotonic()
+                    try:
+                        await self.call.write(data)
+                    finally:
+                        self.queued -= len(data)
+                    took = time.monotonic() - t
+                    if len(data) >= BACKLOG_MIN_BYTES and took > 0:
+                        self.rate.update(len(data) / took)
                 if self.closing:
                     await self.call.done_writing()
                     return
@@ -399,6 +419,11 @@ class StreamTransport:
     def usable(self) -> bool:
         """Whether some replica may take forwards now."""
         return any(r.usable() for r in self.replicas)
+
+    def backlog_s(self) -> float:
+        """The wait behind what is queued on the least loaded usable replica's stream (its link backlog)."""
+        waits = [r.stream.backlog_s() if r.stream is not None else 0.0 for r in self.replicas if r.usable()]
+        return min(waits, default=0.0)
 
     def _pick(self, avoid: _Replica | None = None) -> _Replica | None:
         reps = self.replicas
