@@ -34,7 +34,7 @@ demo: install
 test: dev
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-lint: dev
+lint: dev typecheck
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
 

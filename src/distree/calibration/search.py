@@ -159,7 +159,9 @@ def coordinate_descent(
             reach = ~before
             v_exit = loss[reach, i]
             v_cont = loss[rows[reach], after[reach]]
-            t = _best_threshold(prob.scores[reach, i], v_exit, v_cont, max_candidates, prob.order_within(i, reach))
+            t = _best_threshold(
+                prob.scores[reach, i], v_exit, v_cont, max_candidates, prob.order_within(i, np.asarray(reach))
+            )
             if t != th[i]:
                 if cur is None:
                     cur = prob.evaluate(th)
@@ -213,7 +215,7 @@ def polish(
             c_exit, e_exit = prob.cost[i], err[r, i]
             base_cost = cur_cost - prob.cost[ex[r]].sum() + c_cont.sum()
             base_err = cur_err - err[r, ex[r]].sum() + e_cont.sum()
-            order, pos, cand = _cuts(prob.scores[r, i], max_candidates, prob.order_within(i, reach))
+            order, pos, cand = _cuts(prob.scores[r, i], max_candidates, prob.order_within(i, np.asarray(reach)))
             if pos.size == 0:
                 continue
             cost_k = base_cost + np.cumsum(c_exit - c_cont[order])[pos]

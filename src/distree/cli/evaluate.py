@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -51,7 +52,7 @@ def evaluate_cmd(
         else:
             files.append(f)
     for f in files:
-        p = guarded(lambda f=f: load_policy(f))
+        p = guarded(partial(load_policy, f))
         entries.append((f.stem, p))
     covered = {p.name for _, p in entries}
     if policies == "all":
@@ -66,14 +67,14 @@ def evaluate_cmd(
     for n in names:
         if n in covered:
             continue
-        pol = guarded(lambda n=n: create_policy(n, test.num_nodes, **(DEFAULT_PARAMS if n == DEFAULT_POLICY else {})))
+        pol = guarded(partial(create_policy, n, test.num_nodes, **(DEFAULT_PARAMS if n == DEFAULT_POLICY else {})))
         if pol.tunable:
             if val is None:
                 fail(
                     f"policy {n!r} has no policy file and needs calibrating: pass --val-trace VAL "
                     f"(or --policy-files from `distree calibrate`, or --policies with only untuned ones)"
                 )
-            pol = guarded(lambda pol=pol: calibrate(pol, val, max_drop_pp=max_accuracy_drop))
+            pol = guarded(partial(calibrate, pol, val, max_drop_pp=max_accuracy_drop))
         entries.append((n, pol))
     if splits < 0:
         fail(f"--splits must be >= 0, got {splits}")

@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from ..trace.format import Trace
 from .metrics import Metrics, last_exit_metrics
 from .pareto import OperatingPoint, SweepPoint, family_label, max_saving_within, operating_points, pareto_sweep
 from .scoring import evaluate_policy
+
+if TYPE_CHECKING:
+    from matplotlib.typing import ColorType
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +192,11 @@ def plot_pareto(rep: Report, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9.5, 5.0), dpi=120)
-    colors: dict[str, str] = {}
+    colors: dict[str, ColorType] = {}
     for r in rep.results:
         if not r.policy.deployable or r.policy.baseline:
             continue  # bounds and the baseline are drawn as single markers below
+        color: ColorType | None
         if r.sweep:
             xs = [p.rel_flops for p in r.sweep]
             ys = [100 * p.accuracy for p in r.sweep]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ class AccessControl(grpc.aio.ServerInterceptor):
         loopback = all(n.listen.rsplit(":", 1)[0] in _LOOPBACK for n in spec.nodes)
         # internal RPCs with neither identities nor a token: only where nobody else can reach them
         self.internal_open = not self.mtls and not self.chain_tokens and (loopback or acc.allow_unauthenticated)
-        self.rules = {"Forward": acc.forward, "ForwardStream": acc.forward, "Info": acc.info}
+        self.rules: dict[str, Sequence[str]] = {"Forward": acc.forward, "ForwardStream": acc.forward, "Info": acc.info}
         self.on_refusal = on_refusal
         self._logged: dict[tuple[str, str], int] = {}
 
@@ -170,7 +170,7 @@ class AccessControl(grpc.aio.ServerInterceptor):
         if not self._guards(service):
             return _guarded(handler, None, self._malformed)
         metadata = {
-            m.key: m.value if isinstance(m.value, bytes) else m.value.encode()
+            m.key: m.value if isinstance(m.value, bytes) else m.value.encode()  # type: ignore[attr-defined]  # grpc stubs type aio metadata entries as tuples
             for m in details.invocation_metadata or ()
         }
         return _guarded(handler, lambda ctx: self._check(details.method, metadata, ctx), self._malformed)
@@ -245,7 +245,7 @@ def _guarded(
         return handler
     kw = {"request_deserializer": handler.request_deserializer, "response_serializer": ser}
     if handler.stream_stream is not None:
-        inner_ss = handler.stream_stream
+        inner_ss: Any = handler.stream_stream  # async in grpc.aio; the stubs type the sync behaviour
 
         async def ss(requests: Any, context: Any) -> Any:
             await check(context)
@@ -258,7 +258,7 @@ def _guarded(
 
         return grpc.stream_stream_rpc_method_handler(ss, **kw)
     if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
+        inner_us: Any = handler.unary_stream  # async in grpc.aio; the stubs type the sync behaviour
 
         async def us(request: Any, context: Any) -> Any:
             await check(context)
@@ -267,6 +267,7 @@ def _guarded(
 
         return grpc.unary_stream_rpc_method_handler(us, **kw)
     inner_su = handler.stream_unary
+    assert inner_su is not None  # a handler has exactly one behaviour; the other three are checked above
 
     async def su(requests: Any, context: Any) -> Any:
         await check(context)
@@ -279,7 +280,7 @@ class _Details(grpc.ClientCallDetails):
     def __init__(self, d: grpc.ClientCallDetails, metadata: list[tuple[str, str | bytes]]) -> None:
         self.method = d.method
         self.timeout = d.timeout
-        self.metadata = metadata
+        self.metadata = metadata  # type: ignore[assignment]  # grpc takes any sequence of pairs; the stubs say tuple
         self.credentials = d.credentials
         self.wait_for_ready = getattr(d, "wait_for_ready", None)
         self.compression = getattr(d, "compression", None)

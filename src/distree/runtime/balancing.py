@@ -47,7 +47,7 @@ def _resolve(host: str, port: str) -> list[tuple[int, str]]:
             f"cannot resolve replica host {host!r} ({e}); give the replicas as IP addresses, or one DNS name "
             "that resolves to all of them"
         ) from e
-    return [(4 if fam == socket.AF_INET else 6, sa[0]) for fam, _, _, _, sa in infos if fam in (2, 10)]
+    return [(4 if fam == socket.AF_INET else 6, str(sa[0])) for fam, _, _, _, sa in infos if fam in (2, 10)]
 
 
 def tier_target(addresses: Sequence[str]) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from .balancing import balanced_options
 from .kserve import INPUT, OUTPUTS, SERVICE
@@ -142,7 +143,7 @@ class ClusterClient:
 
             self.channel = grpc.intercept_channel(self.channel, MetadataInterceptor(credential_metadata(token=token)))
 
-        def rpc(name: str, req: type, resp: type):
+        def rpc(name: str, req: type[Message], resp: type[Message]):
             return self.channel.unary_unary(
                 f"/{SERVICE}/{name}", request_serializer=req.SerializeToString, response_deserializer=resp.FromString
             )
@@ -286,7 +287,7 @@ def wait_healthy(address: str, *, tls: ClientTLS | None = None, timeout_s: float
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < end:
             try:
-                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)  # type: ignore[attr-defined]  # types-grpcio-health-checking lacks HealthStub.Check
                 if r.status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
@@ -300,7 +301,7 @@ def node_info(
 ) -> node_pb2.InfoResponse:
     """A node's ``Info`` (with mutual TLS, ``tls`` must carry an operator or predecessor certificate;
     without it, ``chain_token`` is the spec's shared secret where one is set)."""
-    md = [("x-distree-token", chain_token)] if chain_token else None
+    md = (("x-distree-token", chain_token),) if chain_token else None
     with make_channel(address, tls, retries=False) as ch:
         return node_pb2_grpc.ChainNodeStub(ch).Info(node_pb2.InfoRequest(), timeout=timeout_s, metadata=md)
 

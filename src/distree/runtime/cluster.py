@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .client import wait_healthy
 from .spec import ClusterSpec
@@ -95,7 +96,7 @@ class LocalCluster:
         key = (k, replica)
         if key in self.procs and self.procs[key].poll() is None:
             raise RuntimeError(f"node {self.name(k, replica)} is already running (pid {self.procs[key].pid})")
-        out = subprocess.DEVNULL
+        out: int | IO[bytes] = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"node{self.name(k, replica)}.log", "ab")  # noqa: SIM115 - closed in stop()

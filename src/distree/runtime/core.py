@@ -266,6 +266,7 @@ class NodeCore:
         if not go:
             return None
         state, deadline = dec.state or {}, batch.deadline
+        assert h is not None  # rows go on only from a node with a successor, whose segment returns its output
         if len(go) < nb:  # the rows that go on (no copies when all do)
             gi = np.asarray(go)
             h, logits, scores = h[gi], logits[gi], scores[gi]

@@ -15,7 +15,7 @@ much for the answer's way back; without it, it keeps ``return_margin_ms``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from .tensors import BadTensor
 
 if TYPE_CHECKING:
     from .core import NodeCore
+    from .protos.node_pb2 import Answer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class DataPlane:
         """Triton's model configuration (``ModelConfig``); dims exclude the batch dimension."""
         self.resolve(name, version)
         core, spec = self.core, self.core.spec
-        row = {"reshape": {"shape": []}}  # one value per row: dims [1] reshaped to a scalar, as Triton writes it
+        # one value per row: dims [1] reshaped to a scalar, as Triton writes it
+        row: dict[str, Any] = {"reshape": {"shape": []}}
         cfg: dict[str, Any] = {
             "name": self.name,
             "platform": f"distree/{core.model_label}",
@@ -187,7 +189,7 @@ class DataPlane:
             self.reject(err, arrival, req.id)
             raise err from None
         answered = clock.monotonic()
-        answers = chunk.answers
+        answers = cast("list[Answer]", chunk.answers)  # submit returns the chunk once every row has an answer
         degraded = [a.degraded for a in answers]
         exit_nodes = [a.exit_node for a in answers]
         probs = None
@@ -213,10 +215,10 @@ class DataPlane:
         if any(degraded):
             resp.parameters["degraded_reasons"] = ",".join(a.reason for a in answers)
         counters = self._answer_counters
-        for e in exit_nodes:
-            c = counters.get(e)
+        for en in exit_nodes:
+            c = counters.get(en)
             if c is None:
-                c = counters[e] = core.metrics.answers.labels(node="1", exit_node=str(e))
+                c = counters[en] = core.metrics.answers.labels(node="1", exit_node=str(en))
             c.inc()
         done = clock.monotonic()
         infer_s = max(answered - chunk.t_in - chunk.queue_s, 0.0)

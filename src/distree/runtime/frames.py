@@ -105,7 +105,7 @@ def encode_forward(
     n = len(row_shape)
     meta = struct.pack(f"<{n}I{rows}d{rows}QI", *row_shape, *row_deadlines, *row_ids, len(state))
     h = np.ascontiguousarray(h)
-    return [head, meta, state, memoryview(h).cast("B")]
+    return [head, meta, state, h.data.cast("B")]
 
 
 def forward_frame(rid: int, **kw: object) -> bytes:
@@ -179,7 +179,7 @@ def encode_reply(
     """A reply frame answering every row of a forward, in its row order."""
     rows = len(answers)
     k = len(answers[0].probs) if rows else 0
-    probs = np.array([a.probs for a in answers], dtype=np.float32).reshape(rows, k) if k else b""
+    probs = np.array([a.probs for a in answers], dtype=np.float32).reshape(rows, k).tobytes() if k else b""
     head = _REP.pack(
         MAGIC, VERSION, REPLY, rid, rows, k, compute_s, queue_s, downstream_s, est_compute_s, est_continue_s, server_s
     )
@@ -189,7 +189,7 @@ def encode_reply(
         *[a.exit_node for a in answers],
         *[_REASON_CODE.get(a.reason, len(REASON_CODES) - 1) if a.degraded else 0 for a in answers],
     )
-    return b"".join((head, tail, probs.tobytes() if k else b""))
+    return b"".join((head, tail, probs))
 
 
 @dataclass(slots=True)

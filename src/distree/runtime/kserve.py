@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from .dataplane import DataPlane
 from .oip import (
@@ -118,7 +119,7 @@ class KServeServicer:
         self.name = self.plane.name
 
     def register(self, server: grpc.aio.Server) -> None:
-        unary = {
+        unary: dict[str, tuple[Callable[..., Any], type[Message], type[Message]]] = {
             "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
             "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
             "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),

@@ -252,7 +252,9 @@ class GrpcTransport:
         from grpc_health.v1 import health_pb2
 
         # wait_for_ready: a channel backing off after a failed connection tries again instead of failing at once
-        r = await self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True)
+        r = await self.health.Check(  # type: ignore[attr-defined]  # types-grpcio-health-checking lacks HealthStub.Check
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
+        )
         return r.status == health_pb2.HealthCheckResponse.SERVING
 
     async def close(self) -> None:

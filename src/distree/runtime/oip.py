@@ -196,7 +196,7 @@ def parse(
                 f"input tensor is {what}: {len(raw)} bytes for shape {shape} of {t.datatype} "
                 f"(needs {n * dtype.itemsize})"
             )
-        x = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        x: np.ndarray = np.frombuffer(raw, dtype=dtype).reshape(shape)
     elif isinstance(t.data, list):
         x = _values(t.data, t.datatype, n, shape).reshape(shape)
     else:

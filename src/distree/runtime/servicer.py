@@ -20,6 +20,7 @@ import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import grpc
 import numpy as np
@@ -62,7 +63,7 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
     def register(self, server: grpc.aio.Server) -> None:
         """Add ``Forward``, ``Info`` and the raw ``ForwardStream`` to ``server``."""
         node_pb2_grpc.add_ChainNodeServicer_to_server(self, server)
-        stream = grpc.stream_stream_rpc_method_handler(self.ForwardStream)  # bytes in, bytes out
+        stream: grpc.RpcMethodHandler = grpc.stream_stream_rpc_method_handler(self.ForwardStream)  # bytes in, bytes out
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("distree.node.v1.ChainNode", {STREAM_METHOD: stream}),)
         )
@@ -105,7 +106,7 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
             return frames.encode_error(rid, _INTERNAL, f"node {core.k} failed the forward: {e}")
         return frames.encode_reply(
             rid,
-            chunk.answers,
+            cast("list[node_pb2.Answer]", chunk.answers),  # submit returns the chunk once every row has an answer
             compute_s=chunk.compute_s,
             queue_s=chunk.queue_s,
             downstream_s=chunk.downstream_s,
@@ -199,7 +200,7 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             raise  # unreachable: abort raises
         return node_pb2.ForwardResponse(
-            answers=chunk.answers,
+            answers=cast("list[node_pb2.Answer]", chunk.answers),  # every row has an answer once submit returns
             compute_s=chunk.compute_s,
             queue_s=chunk.queue_s,
             downstream_s=chunk.downstream_s,

@@ -186,18 +186,29 @@ class NodeSpec(FrozenSchema):
         return v
 
 
+ForwardRole = Literal["predecessor", "node", "operator", "any"]
+InfoRole = Literal["predecessor", "node", "client", "operator", "any"]
+InferenceRole = Literal["client", "operator", "node", "any"]
+
+
+def _default_forward() -> list[ForwardRole]:
+    return ["predecessor"]
+
+
+def _default_info() -> list[InfoRole]:
+    return ["predecessor", "operator"]
+
+
+def _default_inference() -> list[InferenceRole]:
+    return ["client", "operator"]
+
+
 class AccessSpec(FrozenSchema):
     """``[access]``: who may call what (see :mod:`distree.runtime.auth` and docs/security.md)."""
 
-    forward: list[Literal["predecessor", "node", "operator", "any"]] = Field(
-        default_factory=lambda: ["predecessor"], min_length=1
-    )
-    info: list[Literal["predecessor", "node", "client", "operator", "any"]] = Field(
-        default_factory=lambda: ["predecessor", "operator"], min_length=1
-    )
-    inference: list[Literal["client", "operator", "node", "any"]] = Field(
-        default_factory=lambda: ["client", "operator"], min_length=1
-    )
+    forward: list[ForwardRole] = Field(default_factory=_default_forward, min_length=1)
+    info: list[InfoRole] = Field(default_factory=_default_info, min_length=1)
+    inference: list[InferenceRole] = Field(default_factory=_default_inference, min_length=1)
     token_file: Path | None = None  # shared secret of the internal RPCs when there is no mutual TLS
     client_tokens_file: Path | None = None  # bearer tokens the inference service accepts, one per line
     allow_unauthenticated: bool = False  # internal RPCs open without TLS or token on non-loopback addresses

@@ -33,7 +33,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -69,7 +69,9 @@ class _Stream:
 
     def __init__(self, replica: _Replica) -> None:
         self.replica = replica
-        self.call = replica.channel.stream_stream(METHOD)(metadata=replica.metadata)
+        self.call: grpc.aio.StreamStreamCall[bytes, bytes] = replica.channel.stream_stream(METHOD)(
+            metadata=replica.metadata
+        )
         self.pending: dict[int, asyncio.Future] = {}
         self.out: deque[tuple[int, bytes]] = deque()
         self.wake = asyncio.Event()
@@ -139,7 +141,7 @@ class _Stream:
                 if r is grpc.aio.EOF:
                     break
                 try:
-                    kind, rid = frames.frame_kind(r)
+                    kind, rid = frames.frame_kind(cast(bytes, r))  # the method has no deserializer: raw bytes
                 except frames.BadFrame as e:
                     log.warning("bad frame from %s: %s", self.replica.address, e, extra={"event": "bad_frame"})
                     continue
@@ -250,7 +252,7 @@ class _Replica:
         from grpc_health.v1 import health_pb2
 
         try:
-            r = await self.health.Check(
+            r = await self.health.Check(  # type: ignore[attr-defined]  # types-grpcio-health-checking lacks HealthStub.Check
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True, metadata=None
             )
         except grpc.aio.AioRpcError:
@@ -282,7 +284,9 @@ class _Replica:
             try:
                 if self.serving is False and not await self.probe(max(0.5, backoff)):
                     raise _NotYet
-                call = self.health.Watch(health_pb2.HealthCheckRequest(service=""), wait_for_ready=True)
+                call = self.health.Watch(  # type: ignore[attr-defined]  # types-grpcio-health-checking lacks HealthStub.Watch
+                    health_pb2.HealthCheckRequest(service=""), wait_for_ready=True
+                )
                 try:
                     async for r in call:
                         backoff = first
@@ -376,8 +380,8 @@ class StreamTransport:
                 except OSError as e:
                     log.warning("cannot resolve %s: %s", host, e, extra={"event": "resolve_failed"})
                     continue
-                v4 = [sa[0] for fam, _, _, _, sa in infos if fam == socket.AF_INET]
-                v6 = [sa[0] for fam, _, _, _, sa in infos if fam == socket.AF_INET6]
+                v4 = [str(sa[0]) for fam, _, _, _, sa in infos if fam == socket.AF_INET]
+                v6 = [str(sa[0]) for fam, _, _, _, sa in infos if fam == socket.AF_INET6]
                 ips = list(dict.fromkeys(v4 or v6))
                 if ips:
                     self._resolved(addr, [f"{ip}:{port}" if ":" not in ip else f"[{ip}]:{port}" for ip in ips])

@@ -52,6 +52,7 @@ def server_credentials(spec: ClusterSpec, node: NodeSpec) -> grpc.ServerCredenti
         return None
     key, cert = _read(node.key, "node key"), _read(node.cert, "node certificate")
     ca = _read(spec.tls.ca, "CA certificate")
+    assert key is not None and cert is not None  # the spec requires cert and key on every node with [tls]
     return grpc.ssl_server_credentials(
         [(key, cert)],
         root_certificates=ca if spec.tls.client_auth else None,
