@@ -13,6 +13,13 @@ from distree.policies import load_policy
 runner = CliRunner()
 
 
+def _calibrate(trace, out, *args: str):
+    """``distree calibrate --trace TRACE ARGS --out OUT``; asserts it succeeded."""
+    r = runner.invoke(app, ["calibrate", "--trace", str(trace), *args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return r
+
+
 def test_calibrate_then_evaluate(tmp_path):
     val = synthetic_trace(1500, 4, seed=21)
     val.meta["split"] = "val"
@@ -21,10 +28,7 @@ def test_calibrate_then_evaluate(tmp_path):
     vp, tp = val.save(tmp_path / "v.trace.safetensors"), test.save(tmp_path / "t.trace.safetensors")
 
     pf = tmp_path / "distree.json"
-    r = runner.invoke(
-        app, ["calibrate", "--trace", str(vp), "--policy", "distree", "--max-accuracy-drop", "1.0", "--out", str(pf)]
-    )
-    assert r.exit_code == 0, r.output
+    r = _calibrate(vp, pf, "--policy", "distree", "--max-accuracy-drop", "1.0")
     assert "saving" in r.output
     pol = load_policy(pf)
     assert pol.name == "distree" and pol.calibration["validation"]["drop_pp"] <= 1.0 + 1e-9
@@ -34,66 +38,18 @@ def test_calibrate_then_evaluate(tmp_path):
     assert {"held_out_drop_pp", "held_out_drop_pp_sd", "held_out_saving", "held_out_saving_sd"} <= set(cf)
 
     rf = tmp_path / "conf-risk.json"
-    r = runner.invoke(
-        app,
-        [
-            "calibrate",
-            "--trace",
-            str(vp),
-            "--policy",
-            "confidence",
-            "--max-accuracy-drop",
-            "1.0",
-            "--confidence",
-            "0.9",
-            "--out",
-            str(rf),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    _calibrate(vp, rf, "--policy", "confidence", "--max-accuracy-drop", "1.0", "--confidence", "0.9")
     assert load_policy(rf).calibration["method"] == "learn-then-test"
 
     bf = tmp_path / "budget.json"
-    r = runner.invoke(
-        app,
-        [
-            "calibrate",
-            "--trace",
-            str(vp),
-            "--policy",
-            "distree",
-            "--param",
-            "measure=js",
-            "--flops-budget",
-            "0.7",
-            "--out",
-            str(bf),
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    _calibrate(vp, bf, "--policy", "distree", "--param", "measure=js", "--flops-budget", "0.7")
     assert load_policy(bf).params["measure"] == "js"
 
     # the old behaviour, and how far a target can be trusted
     inf = tmp_path / "in-sample.json"
-    r = runner.invoke(
-        app,
-        [
-            "calibrate",
-            "--trace",
-            str(vp),
-            "--policy",
-            "confidence",
-            "--max-accuracy-drop",
-            "1.0",
-            "--method",
-            "in-sample",
-            "--check-splits",
-            "4",
-            "--out",
-            str(inf),
-        ],
+    r = _calibrate(
+        vp, inf, "--policy", "confidence", "--max-accuracy-drop", "1.0", "--method", "in-sample", "--check-splits", "4"
     )
-    assert r.exit_code == 0, r.output
     assert load_policy(inf).calibration["method"] == "in-sample"
     assert "4 random splits: calibrate (in-sample, drop <= 1.0 pp) on 750 samples" in r.output
     for row in ("drop pp", "saving %", "p75", "p90"):

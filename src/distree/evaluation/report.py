@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,6 +120,13 @@ def _spread(o: OperatingPoint) -> str:
     return f"{100 * s.mean():.1f} +-{100 * sd_s:.1f} ({d.mean():+.2f} +-{sd_d:.2f})"
 
 
+def _sweep_table(rep: Report, cell: Callable[[OperatingPoint], str]) -> list[str]:
+    """The sweep's markdown table: one row per policy family, one column per target drop."""
+    lines = ["| policy | " + " | ".join(f"{d:g} pp" for d in SWEEP_DROPS) + " |", "|---|" + "---:|" * len(SWEEP_DROPS)]
+    lines += [f"| {r.family} | " + " | ".join(cell(o) for o in r.operating) + " |" for r in rep.results if r.operating]
+    return lines
+
+
 def report_markdown(rep: Report) -> str:
     """The report as markdown: one row per policy, then the Pareto sweeps' savings at fixed drops."""
     n = rep.last_exit.num_samples
@@ -152,13 +160,8 @@ def report_markdown(rep: Report) -> str:
             "of at most the column's target (what `distree calibrate --max-accuracy-drop` writes), scored on this "
             "trace: FLOPs saving % (drop pp).",
             "",
-            "| policy | " + " | ".join(f"{d:g} pp" for d in SWEEP_DROPS) + " |",
-            "|---|" + "---:|" * len(SWEEP_DROPS),
+            *_sweep_table(rep, lambda o: f"{100 * o.saving:.1f} ({o.drop_pp:+.2f})"),
         ]
-        for r in rep.results:
-            if r.operating:
-                cells = " | ".join(f"{100 * o.saving:.1f} ({o.drop_pp:+.2f})" for o in r.operating)
-                lines.append(f"| {r.family} | {cells} |")
         if rep.splits:
             how = (
                 "the validation and this trace's samples pooled and re-split at random into parts of their sizes"
@@ -170,13 +173,8 @@ def report_markdown(rep: Report) -> str:
                 f"Spread over {rep.splits} random re-splits ({how}; calibrate on the first, score on the second): "
                 "mean saving % +- sd (mean drop pp +- sd).",
                 "",
-                "| policy | " + " | ".join(f"{d:g} pp" for d in SWEEP_DROPS) + " |",
-                "|---|" + "---:|" * len(SWEEP_DROPS),
+                *_sweep_table(rep, _spread),
             ]
-            for r in rep.results:
-                if r.operating:
-                    cells = " | ".join(_spread(o) for o in r.operating)
-                    lines.append(f"| {r.family} | {cells} |")
         lines += [
             "",
             "Reading a saving off a sweep at a given drop *on this trace* picks the point in hindsight and reads "
