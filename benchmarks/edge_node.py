@@ -30,7 +30,7 @@ from distree.models import create_model
 from distree.policies import create_policy
 from distree.runtime import ClusterClient, LocalCluster, load_spec
 from distree.runtime.cluster import free_ports
-from distree.runtime.spec import spec_toml
+from distree.runtime.spec_toml import spec_toml
 
 KINDS = ("torch", "onnx", "onnx-int8")
 TARGET_RSS = 0.35

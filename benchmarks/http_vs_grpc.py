@@ -39,7 +39,7 @@ from distree.runtime.cluster import free_ports
 from distree.runtime.kserve import SERVICE
 from distree.runtime.protos import kserve_v2_pb2 as pb
 from distree.runtime.rest import http_url
-from distree.runtime.spec import spec_toml
+from distree.runtime.spec_toml import spec_toml
 
 Call = Callable[[], object]
 

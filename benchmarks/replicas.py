@@ -45,7 +45,7 @@ def write_chain(root: Path, name: str, ckpt: Path, policy: Path, nominal_ms: lis
     """A spec: tier k computes ``nominal_ms[k-1]`` per row; ``replicas`` = {tier: count}."""
     from distree.runtime import load_spec
     from distree.runtime.cluster import free_ports
-    from distree.runtime.spec import spec_toml
+    from distree.runtime.spec_toml import spec_toml
 
     tiers = [k for k in range(1, 5) for _ in range(replicas.get(k, 1))]
     nodes = [

@@ -47,7 +47,8 @@ from distree.runtime import ClusterClient, LocalCluster, load_spec, node_info
 from distree.runtime.cluster import free_ports
 from distree.runtime.link import channel_options
 from distree.runtime.protos import node_pb2
-from distree.runtime.spec import DEFAULT_MAX_MESSAGE, spec_toml
+from distree.runtime.spec import DEFAULT_MAX_MESSAGE
+from distree.runtime.spec_toml import spec_toml
 
 BARE_SERVICE = "/bare.Echo/Call"
 OPTS = channel_options(DEFAULT_MAX_MESSAGE)  # the runtime's own channel and server options

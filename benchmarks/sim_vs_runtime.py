@@ -60,7 +60,7 @@ from distree.runtime.client import build_request, make_channel, parse_response
 from distree.runtime.cluster import free_ports
 from distree.runtime.kserve import SERVICE
 from distree.runtime.protos import kserve_v2_pb2 as pb
-from distree.runtime.spec import spec_toml
+from distree.runtime.spec_toml import spec_toml
 from distree.sim import parse_scenario, simulate
 from distree.sim.profile import profile_device
 from distree.sim.workload import make_requests

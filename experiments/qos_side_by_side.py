@@ -36,7 +36,7 @@ from distree.policies import create_policy, load_policy
 from distree.runtime import ClusterClient, LocalCluster, load_spec
 from distree.runtime.client import infer_open_loop
 from distree.runtime.cluster import free_ports
-from distree.runtime.spec import spec_toml
+from distree.runtime.spec_toml import spec_toml
 from distree.sim import parse_scenario, simulate
 from distree.sim.workload import make_requests
 from distree.trace import load_trace

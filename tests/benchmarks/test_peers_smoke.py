@@ -49,7 +49,7 @@ def _spec(checkpoint: Path, tmp: Path) -> Path:
     """4 nodes of ``checkpoint`` on free loopback ports, last-exit policy, 1 thread per node."""
     from distree.policies import create_policy
     from distree.runtime.cluster import free_ports
-    from distree.runtime.spec import spec_toml
+    from distree.runtime.spec_toml import spec_toml
 
     pol = create_policy("last-exit", 4).save(tmp / "last-exit.json")
     path = tmp / "tiny.toml"

@@ -19,7 +19,7 @@ from distree.errors import SpecError
 from distree.evaluation.synthetic import synthetic_trace
 from distree.models.cost import CostProfile
 from distree.policies import create_policy
-from distree.runtime.spec import spec_toml
+from distree.runtime.spec_toml import spec_toml
 from distree.trace import Trace
 
 runner = CliRunner()

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from distree.runtime.cluster import free_ports
-from distree.runtime.spec import load_spec, spec_toml
+from distree.runtime.spec import load_spec
+from distree.runtime.spec_toml import spec_toml
 
 pytestmark = pytest.mark.slow
 

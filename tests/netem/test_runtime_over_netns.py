@@ -17,7 +17,7 @@ import pytest
 
 from distree.netem import NetnsChain, netem_available
 from distree.policies import create_policy
-from distree.runtime.spec import spec_toml
+from distree.runtime.spec_toml import spec_toml
 
 pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("netem")]
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from distree.runtime import LocalCluster, load_spec
 from distree.runtime.cluster import free_ports
-from distree.runtime.spec import ClusterSpec, spec_toml
+from distree.runtime.spec import ClusterSpec
+from distree.runtime.spec_toml import spec_toml
 from distree.trace import Trace
 
 

@@ -24,7 +24,8 @@ from distree.runtime.clock import ManualClock
 from distree.runtime.core import NodeCore
 from distree.runtime.fake import FakeLink, answer_all, features
 from distree.runtime.protos import node_pb2
-from distree.runtime.spec import ClusterSpec, spec_toml
+from distree.runtime.spec import ClusterSpec
+from distree.runtime.spec_toml import spec_toml
 
 T = TypeVar("T")
 CLASSES = 10

@@ -279,7 +279,7 @@ def test_nominal_compute_is_the_emulated_device_time(unit: Unit, speed, expected
     extra = {"nominal_compute_ms": 30.0} | ({"speed": speed} if speed else {})
     nodes = [{"address": f"127.0.0.1:{7000 + k}", **(extra if k == 3 else {})} for k in range(4)]
     from distree.runtime import load_spec
-    from distree.runtime.spec import spec_toml
+    from distree.runtime.spec_toml import spec_toml
 
     path = unit.root / f"nominal{expected_s}.toml"
     path.write_text(spec_toml(unit.checkpoint, unit.policy_path, nodes))

@@ -27,6 +27,7 @@ from _rt import running, write_spec
 from _unit import Unit
 
 from distree.errors import SpecError
+from distree.runtime.admission import Admission, InflightBytes, release_frames
 from distree.runtime.client import build_request, make_channel
 from distree.runtime.kserve import SERVICE
 from distree.runtime.limits import (
@@ -34,17 +35,11 @@ from distree.runtime.limits import (
     HEADROOM,
     INFLIGHT_MESSAGES,
     MIN_MESSAGE_BYTES,
-    Admission,
-    InflightBytes,
-    MemoryReturner,
     NodeLimits,
-    configure_allocator,
     derived_message_bytes,
-    libc,
     max_forward_rows,
-    release_frames,
-    trim_memory,
 )
+from distree.runtime.memory import MemoryReturner, configure_allocator, libc, trim_memory
 from distree.runtime.protos import kserve_v2_pb2 as pb
 from distree.runtime.spec import DEFAULT_MAX_MESSAGE
 

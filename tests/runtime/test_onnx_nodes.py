@@ -18,7 +18,7 @@ from distree.backends.onnxrt import OnnxBackend
 from distree.policies import load_policy
 from distree.runtime import ClusterClient, load_spec, node_info
 from distree.runtime.cluster import LocalCluster, free_ports
-from distree.runtime.spec import spec_toml
+from distree.runtime.spec_toml import spec_toml
 
 pytestmark = pytest.mark.xdist_group("onnx-export")
 

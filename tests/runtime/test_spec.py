@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from distree.runtime import SpecError, load_spec, parse_spec
-from distree.runtime.spec import spec_toml
+from distree.runtime.spec_toml import spec_toml
 
 
 def test_bad_spec_errors_name_the_problem(rt, tmp_path):

@@ -136,7 +136,7 @@ def _train(ckpt: Path, epochs: int) -> None:
 def _rest(out: Path, ckpt: Path, val: Path, test: Path, pol: Path, dataset: str, data: list[str], serve: bool) -> None:
     """Steps 3-6: calibrate, evaluate, simulate, serve."""
     from ..runtime.cluster import free_ports
-    from ..runtime.spec import spec_toml
+    from ..runtime.spec_toml import spec_toml
     from ..trace import load_trace
 
     # devices fast enough that the whole chain takes 20 ms at full speed (the deadline is 30 ms)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DistreeError
-from ..runtime.spec import ClusterSpec, spec_toml
+from ..runtime.spec import ClusterSpec
+from ..runtime.spec_toml import spec_toml
 
 #: tier K listens on GRPC_PORT + K and serves metrics on METRICS_PORT + K (the spec asks every node of
 #: it for its own listen address, as on one host)

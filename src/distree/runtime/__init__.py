@@ -27,8 +27,9 @@ One node, by job:
 - :mod:`.estimates`, :mod:`.metrics`, :mod:`.tensors`, :mod:`.logs`: EWMAs, Prometheus metrics,
   tensors on the wire, JSON logs.
 
-Around the nodes: :mod:`.spec` (the cluster spec, TOML), :mod:`.client` (a client of node 1 and
-health/info helpers), :mod:`.cluster` (local subprocess clusters),
+Around the nodes: :mod:`.spec` (the cluster spec, TOML; its tables in :mod:`.spec_tables`, the
+writer in :mod:`.spec_toml`), :mod:`.client` (a client of node 1 and health/info helpers),
+:mod:`.cluster` (local subprocess clusters),
 :mod:`.supervisor` (``distree cluster up/down``: restarts, pid file), :mod:`.balancing` (one channel
 over every replica of a tier: round robin, health checking, retries),
 :mod:`.tls` (TLS / mutual TLS credentials and a development CA).
@@ -38,7 +39,8 @@ See docs/runtime.md.
 
 from .client import ClusterClient, InferResult, node_info, wait_healthy
 from .cluster import LocalCluster
-from .spec import BatchingSpec, ClusterSpec, NodeSpec, SpecError, TLSSpec, load_spec, parse_spec
+from .spec import ClusterSpec, SpecError, load_spec, parse_spec
+from .spec_tables import BatchingSpec, NodeSpec, TLSSpec
 from .supervisor import stop_from_pid_file
 from .tls import ClientTLS, create_dev_pki, issue_cert, spec_client_tls
 

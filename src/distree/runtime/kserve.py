@@ -9,8 +9,8 @@ are the :class:`~distree.runtime.dataplane.DataPlane`'s, shared with the HTTP/RE
 Tensors travel in ``raw_input_contents`` / ``raw_output_contents`` (``contents`` is accepted for the
 input too). Errors: ``NOT_FOUND`` for an unknown model or version, ``INVALID_ARGUMENT`` for a
 malformed request, ``UNAVAILABLE`` while the node is not ready, ``RESOURCE_EXHAUSTED`` over the
-message limit or without room under ``max_inflight_bytes`` in time (:mod:`.limits`). See
-:mod:`.dataplane` for the deadline parameters.
+message limit or without room under ``max_inflight_bytes`` in time (:mod:`.limits`,
+:mod:`.admission`). See :mod:`.dataplane` for the deadline parameters.
 """
 
 from __future__ import annotations

@@ -17,10 +17,12 @@ from typing import Any
 
 import grpc
 
+from .admission import Admission, InflightBytes
 from .auth import AccessControl
 from .core import NodeCore
-from .limits import Admission, InflightBytes, MemoryReturner, NodeLimits, configure_allocator
+from .limits import NodeLimits
 from .link import channel_options
+from .memory import MemoryReturner, configure_allocator
 from .servicer import ChainNodeServicer
 from .spec import ClusterSpec
 from .tls import server_credentials

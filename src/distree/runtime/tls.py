@@ -16,7 +16,8 @@ from pathlib import Path
 
 import grpc
 
-from .spec import ClusterSpec, NodeSpec, SpecError
+from .spec import ClusterSpec, SpecError
+from .spec_tables import NodeSpec
 
 
 @dataclass(frozen=True)
