@@ -6,7 +6,7 @@ the node's :class:`~distree.runtime.batcher.Batcher`, which calls :meth:`NodeCor
 at a time. For each batch the core runs its :class:`Backend` (on the event loop when that is short,
 else in a compute thread, so the loop keeps receiving and answering), stretches the time to the
 emulated device's (``nominal_compute_ms``, speed profile), and lets the policy decide per row. Rows
-that exit are answered at once; the rest go to node K+1 through the :class:`~distree.runtime.link.Link`
+that exit are answered at once; the rest go to node K+1 through the :class:`~distree.runtime.hop.Link`
 as one smaller batch, and their answers come back with that call. Node K keeps its own exit's answer
 for every forwarded row: if the forward brings no answer (successor down, too slow, failed, or no
 time left for the hop) it answers the row itself, degraded, with the reason. While the link is down
@@ -33,7 +33,8 @@ from .backend import Backend
 from .batcher import Batch, Batcher, Chunk
 from .clock import SYSTEM_CLOCK, Clock
 from .estimates import Ewma, Samples
-from .link import REASONS, ChainLink, Link, LinkEstimates
+from .hop import REASONS, Link, LinkEstimates
+from .link import ChainLink
 from .metrics import NodeMetrics
 from .node_model import open_node_model, torch_node_model
 from .protos import node_pb2

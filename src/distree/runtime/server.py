@@ -20,10 +20,10 @@ import grpc
 from .auth import AccessControl
 from .core import NodeCore
 from .limits import Admission, InflightBytes, MemoryReturner, NodeLimits, configure_allocator
-from .link import channel_options
 from .servicer import ChainNodeServicer
 from .spec import ClusterSpec
 from .tls import server_credentials
+from .transport import channel_options
 
 log = logging.getLogger(__name__)
 

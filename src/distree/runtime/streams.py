@@ -1,6 +1,6 @@
 """The node-to-node transport: one long-lived ``ForwardStream`` per replica of tier K+1, raw frames.
 
-:class:`StreamTransport` is the :class:`~distree.runtime.link.Transport` of a node process. It keeps,
+:class:`StreamTransport` is the :class:`~distree.runtime.hop.Transport` of a node process. It keeps,
 per replica of the successor's tier, its own grpc.aio channel and on it
 
 - one bidirectional ``distree.node.v1.ChainNode/ForwardStream`` call carrying the raw frames of
@@ -39,9 +39,10 @@ import grpc
 
 from . import frames
 from .estimates import Ewma
-from .link import Hop, channel_options, rpc_error
+from .hop import Hop
 from .protos import node_pb2
 from .tls import ClientTLS
+from .transport import channel_options, rpc_error
 
 log = logging.getLogger(__name__)
 
