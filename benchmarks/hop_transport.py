@@ -56,10 +56,10 @@ if str(HERE) not in sys.path:
 from runtime_overhead import machine  # noqa: E402 - sibling benchmark module
 
 from distree.runtime.cluster import free_ports  # noqa: E402
-from distree.runtime.link import channel_options  # noqa: E402
 from distree.runtime.protos import node_pb2  # noqa: E402
 from distree.runtime.spec import DEFAULT_MAX_MESSAGE  # noqa: E402
 from distree.runtime.tensors import from_proto, to_proto  # noqa: E402
+from distree.runtime.transport import channel_options  # noqa: E402
 
 OPTS = channel_options(DEFAULT_MAX_MESSAGE)  # the runtime's own channel and server options
 SERVICE = "hop.Bench"

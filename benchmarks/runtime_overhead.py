@@ -45,10 +45,10 @@ from distree.models import create_model
 from distree.policies import create_policy
 from distree.runtime import ClusterClient, LocalCluster, load_spec, node_info
 from distree.runtime.cluster import free_ports
-from distree.runtime.link import channel_options
 from distree.runtime.protos import node_pb2
 from distree.runtime.spec import DEFAULT_MAX_MESSAGE
 from distree.runtime.spec_toml import spec_toml
+from distree.runtime.transport import channel_options
 
 BARE_SERVICE = "/bare.Echo/Call"
 OPTS = channel_options(DEFAULT_MAX_MESSAGE)  # the runtime's own channel and server options

@@ -224,3 +224,13 @@ def test_runtime_and_sim_load_nothing_from_training():
     mods = _loaded_after(code)
     assert "distree.runtime.kserve" in mods and "distree.sim.vector" in mods
     assert not [m for m in mods if m.startswith("distree.training")]
+
+
+def test_runtime_files_stay_small():
+    """Every module of the runtime (not the generated protos) stays at most 350 lines: one job per module."""
+    big = {}
+    for f in sorted((SRC / "runtime").glob("*.py")):
+        n = len(f.read_text().splitlines())
+        if n > 350:
+            big[f.name] = n
+    assert not big, "runtime modules over 350 lines: " + ", ".join(f"{name} ({n} lines)" for name, n in big.items())

@@ -199,7 +199,7 @@ def test_malformed_frames_on_the_node_stream_are_refused_alone(rt, main_cluster)
     """One ForwardStream: good forwards, then every kind of bad frame, then good ones again. Each bad frame
     gets its own error frame; the good ones on the same stream are answered, before and after."""
     from distree.runtime import frames
-    from distree.runtime.streams import METHOD
+    from distree.runtime.forward_stream import METHOD
 
     shape = tuple(rt.trace.cost.hop_shapes[0])
 

@@ -15,6 +15,7 @@ from distree.policies import create_policy, decode_state
 from distree.runtime.clock import ManualClock
 from distree.runtime.fake import FakeLink, features
 from distree.runtime.protos import node_pb2
+from distree.runtime.servicer import info_response
 from distree.runtime.tensors import BadTensor
 
 
@@ -185,7 +186,7 @@ def test_a_down_successor_gets_no_rows_until_it_is_healthy_again(unit: Unit):
             await _until(lambda: link.estimates.next.default == pytest.approx(0.021))  # seeded from Info
             succ.down = True
             first = await submit(core, ["d0"], rows(shape, [0], [1]))
-            assert not link.up and not core.info().successor_up
+            assert not link.up and not info_response(core).successor_up
             calls = len(succ.calls)
             # while it is down every row is answered here at once: degraded, unless it exits anyway
             forced = await submit(core, ["f0", "f1"], rows(shape, [0, 1], [2, 3]))
@@ -258,7 +259,7 @@ def test_estimates_from_responses_feed_the_qos_rule_and_the_successor_deadline(u
     req, t = link.successor.calls[-1]
     assert t == pytest.approx(timeout, abs=1e-12)
     assert req.deadline_unix_s[0] == pytest.approx(wall_deadline, abs=1e-9)
-    info = core.info()
+    info = info_response(core)
     assert info.est_hop_s == pytest.approx(link.estimates.hop.value)
     assert info.est_next_s == pytest.approx(link.estimates.next.value)
 

@@ -13,7 +13,8 @@ import pytest
 from distree.policies import decode_state
 from distree.runtime.clock import ManualClock
 from distree.runtime.fake import FakeLink, FakeSuccessor, answer_all, features, rpc_error
-from distree.runtime.link import ChainLink, failure_reason, successor_deadlines
+from distree.runtime.hop import failure_reason, successor_deadlines
+from distree.runtime.link import ChainLink
 from distree.runtime.protos import node_pb2
 
 NOW, WALL = 100.0, 1.7e9

@@ -63,7 +63,7 @@ def test_a_dns_name_becomes_one_replica_per_address_and_follows_the_name():
 def test_a_stream_reports_the_wait_behind_its_queued_bytes():
     """The link's backlog: bytes handed to a stream and not yet written, at the rate its large writes take.
     The deadline rule adds it to the time to continue (ChainLink.continue_s)."""
-    from distree.runtime.streams import _Stream
+    from distree.runtime.forward_stream import ForwardStream
 
     rate = 1_000_000.0  # the fake link writes 1 MB/s
 
@@ -88,7 +88,7 @@ def test_a_stream_reports_the_wait_behind_its_queued_bytes():
             pass
 
     async def run() -> tuple[float, float, float]:
-        s = _Stream(Replica())  # type: ignore[arg-type]
+        s = ForwardStream(Replica())  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         before = s.backlog_s()
         for rid in range(1, 6):  # 5 frames of 100 kB: 0.5 s of writing

@@ -142,7 +142,7 @@ def _stream(address: str, tls: ClientTLS) -> grpc.StatusCode:
     gets an error frame for it (INVALID_ARGUMENT), a refused one the call's status."""
     from distree.runtime import frames
     from distree.runtime.client import make_channel
-    from distree.runtime.streams import METHOD
+    from distree.runtime.forward_stream import METHOD
 
     with make_channel(address, tls) as ch:
         try:

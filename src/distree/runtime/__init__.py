@@ -12,8 +12,14 @@ One node, by job:
   decision per row, answers; ``NodeCore.submit`` is the data-plane entry of every servicer);
 - :mod:`.backend`: what computes a segment + exit (``Backend.run``; torch by default);
 - :mod:`.batcher`: chunks, the queue and dynamic batching;
-- :mod:`.link`: the link to the successor (forwarding, the hop's deadlines, estimates, reconnection,
-  failure reasons) behind the ``Link`` protocol;
+- :mod:`.link`: the link to the successor (``ChainLink``: forwarding with the hop's deadlines and
+  timeout, estimates, reconnection, failure handling) behind the ``Link`` protocol;
+- :mod:`.hop`: what the link and its transports share (a hop's rows, its deadline arithmetic, the
+  outcome of a forward and its failure reasons, the estimates, the ``Link`` and ``Transport`` protocols);
+- :mod:`.streams`: the transport of a node process (``StreamTransport``: one ``ForwardStream`` per
+  replica of the successor's tier, round robin, resends, DNS-name tiers), over :mod:`.replica` (one
+  replica: channel, health watch, state) and :mod:`.forward_stream` (one stream call: frames, backlog);
+- :mod:`.transport`: gRPC channel options, the error of a failed call, the unary ``GrpcTransport``;
 - :mod:`.fake`: an in-process successor (``FakeLink``) for tests without sockets;
 - :mod:`.clock`: injectable time (``Clock``, ``ManualClock``);
 - :mod:`.servicer`: the node-to-node service ``ChainNode`` (``Forward``, ``Info``);

@@ -6,7 +6,7 @@ the node's :class:`~distree.runtime.batcher.Batcher`, which calls :meth:`NodeCor
 at a time. For each batch the core runs its :class:`Backend` (on the event loop when that is short,
 else in a compute thread, so the loop keeps receiving and answering), stretches the time to the
 emulated device's (``nominal_compute_ms``, speed profile), and lets the policy decide per row. Rows
-that exit are answered at once; the rest go to node K+1 through the :class:`~distree.runtime.link.Link`
+that exit are answered at once; the rest go to node K+1 through the :class:`~distree.runtime.hop.Link`
 as one smaller batch, and their answers come back with that call. Node K keeps its own exit's answer
 for every forwarded row: if the forward brings no answer (successor down, too slow, failed, or no
 time left for the hop) it answers the row itself, degraded, with the reason. While the link is down
@@ -19,7 +19,6 @@ below the link's estimate of the time to the successor's answer.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 from collections.abc import Awaitable
@@ -33,9 +32,10 @@ from .backend import Backend
 from .batcher import Batch, Batcher, Chunk
 from .clock import SYSTEM_CLOCK, Clock
 from .estimates import Ewma, Samples
-from .link import REASONS, ChainLink, Link, LinkEstimates
+from .hop import REASONS, Link, LinkEstimates
+from .link import ChainLink
 from .metrics import NodeMetrics
-from .node_model import open_node_model, torch_node_model
+from .node_model import load_node_model
 from .protos import node_pb2
 from .spec import ClusterSpec
 from .tensors import BadTensor
@@ -71,18 +71,8 @@ class NodeCore:
         self.replica = replica
         self.node_spec = spec.node(k, replica)
         self.clock = clock
-        nm = torch_node_model(model, sidecar, k) if model is not None else open_node_model(spec, k, replica)
-        if nm.backend_name == "torch":
-            import torch
-
-            torch.set_num_threads(spec.threads)
+        nm = load_node_model(spec, k, replica, model=model, sidecar=sidecar)
         self.sidecar = nm.sidecar
-        if nm.num_nodes != spec.num_nodes:
-            where = spec.checkpoint if nm.backend_name == "torch" else spec.node_backend(k, replica)[1]
-            raise ValueError(
-                f"{where} has {nm.num_nodes} segments but the spec lists {spec.num_nodes} "
-                "nodes; list one [[nodes]] entry per segment"
-            )
         self.policy = policy if policy is not None else load_policy(spec.policy)
         if self.policy.num_nodes != spec.num_nodes:
             raise ValueError(
@@ -118,7 +108,7 @@ class NodeCore:
         if link is None and not self.is_last:
             link = ChainLink.to_successor(spec, k, metrics=self.metrics, clock=clock, replica=replica)
         self.link = link
-        self._no_link = LinkEstimates()  # what the last node reports for a link it does not have
+        self.no_link = LinkEstimates()  # what the last node reports for a link it does not have
         self._seq = 0
         self._id_prefix = f"{k}.{os.getpid()}."
         self._warmup()
@@ -163,7 +153,7 @@ class NodeCore:
 
     def est_continue(self) -> float:
         """Estimated seconds from now until the successor's answer for a row forwarded now."""
-        return self.link.continue_s() if self.link is not None else self._no_link.continue_s()
+        return self.link.continue_s() if self.link is not None else self.no_link.continue_s()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -323,35 +313,3 @@ class NodeCore:
             self.degraded_counts[reason] += 1
             self.metrics.degraded.labels(node=self.metrics.node, reason=reason).inc()
         return a
-
-    # ------------------------------------------------------------------ info
-    def info(self) -> node_pb2.InfoResponse:
-        link = self.link
-        est = link.estimates if link is not None else self._no_link
-        stats = {
-            "backend": self.backend_name,
-            "counts": {**self.counts, "forwards": link.forwards if link is not None else 0},
-            "degraded": self.degraded_counts,
-            "hop_s": est.hop_samples.summary(),
-            "wire_s": est.wire_samples.summary(),
-            "compute_s": self.compute_samples.summary(),
-            "est_continue_s": est.continue_s(),
-            # the latest samples themselves (newest last), for medians over a chosen stretch of requests
-            "recent": {
-                "hop_s": est.hop_samples.last(512),
-                "wire_s": est.wire_samples.last(512),
-                "compute_s": self.compute_samples.last(512),
-            },
-        }
-        return node_pb2.InfoResponse(
-            node=self.k,
-            num_nodes=self.spec.num_nodes,
-            model=self.model_label,
-            policy=self.policy.name,
-            est_compute_s=self.compute_now_s(),
-            est_queue_s=self.batcher.est_queue.value,
-            est_hop_s=est.hop.value,
-            est_next_s=est.next.value,
-            successor_up=bool(link is None or link.up),
-            stats_json=json.dumps(stats),
-        )

@@ -1,6 +1,6 @@
 """An in-process successor for tests of a node: no sockets, no processes, and deterministic time.
 
-:class:`FakeSuccessor` is a :class:`~distree.runtime.link.Transport` that answers each ``Forward``
+:class:`FakeSuccessor` is a :class:`~distree.runtime.hop.Transport` that answers each ``Forward``
 from a callback (like a mock HTTP transport), and can fail with a chosen gRPC status, be slow by a
 chosen amount (against the link's clock: with a :class:`~distree.runtime.clock.ManualClock` the time
 passes at once), or go down (``UNAVAILABLE`` and failing health checks until it is back up).
@@ -23,9 +23,11 @@ import grpc
 import numpy as np
 
 from .clock import SYSTEM_CLOCK, Clock
-from .link import ChainLink, Hop, rpc_error
+from .hop import Hop
+from .link import ChainLink
 from .metrics import NodeMetrics
 from .protos import node_pb2
+from .transport import rpc_error
 
 Handler = Callable[[node_pb2.ForwardRequest], node_pb2.ForwardResponse | Awaitable[node_pb2.ForwardResponse]]
 

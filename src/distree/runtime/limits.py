@@ -141,7 +141,7 @@ class NodeLimits:
         )
 
     def server_options(self) -> list[tuple[str, Any]]:
-        """gRPC server options beyond the message limits (which :func:`~.link.channel_options` sets)."""
+        """gRPC server options beyond the message limits (which :func:`~.transport.channel_options` sets)."""
         return [
             ("grpc.max_concurrent_streams", self.concurrent_streams),
             # without bandwidth-delay probing the transport's windows stay at READ_AHEAD_BYTES per call, so it

@@ -1,10 +1,12 @@
-"""The link from node K to node K+1: forwarding rows, the hop's deadline arithmetic, the estimates of
-the hop and of the successor, its up/down state with reconnection, and why a forward failed.
+"""The link from node K to node K+1: forwarding rows with the hop's deadlines, the estimates of the hop
+and of the successor, its up/down state with reconnection, and why a forward failed.
 
-:class:`ChainLink` holds that logic over a :class:`Transport`, the thing that actually carries a call:
-:class:`GrpcTransport` (a persistent grpc.aio channel) in a node process, or an in-process fake
-(:class:`~distree.runtime.fake.FakeSuccessor`) in tests. A node core sees only the :class:`Link`
-protocol.
+:class:`ChainLink` holds that logic over a :class:`~distree.runtime.hop.Transport`, the thing that
+actually carries a call: :class:`~distree.runtime.streams.StreamTransport` (one long-lived stream per
+successor replica) in a node process, :class:`~distree.runtime.transport.GrpcTransport` (unary calls)
+for tools, or an in-process fake (:class:`~distree.runtime.fake.FakeSuccessor`) in tests. A node core
+sees only the :class:`~distree.runtime.hop.Link` protocol; the rows, outcomes, estimates and deadline
+arithmetic the link works with are in :mod:`~distree.runtime.hop`.
 
 Deadlines. A row forwarded with deadline ``d`` (the time by which this node must answer its caller)
 gets ``d - back_s()`` as the successor's deadline, where ``back_s`` is the answer's way back: half
@@ -30,236 +32,26 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
 from ..policies import encode_state
-from .balancing import balanced_options
 from .clock import SYSTEM_CLOCK, Clock
-from .estimates import Ewma, Samples
+from .estimates import Ewma
+from .hop import Forwarded, Hop, LinkEstimates, Transport, failure_reason, successor_deadlines
 from .metrics import NodeMetrics
-from .protos import node_pb2, node_pb2_grpc
-from .tensors import to_proto
-from .tls import ClientTLS
 
 if TYPE_CHECKING:
     from .spec import ClusterSpec
 
 log = logging.getLogger(__name__)
 
-#: why a row was answered earlier than the policy wanted
-REASONS = ("deadline", "successor-unavailable", "successor-timeout", "successor-error")
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    """Options of every node channel and server: explicit message limits, fast reconnection, no retries."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-        ("grpc.enable_retries", 0),
-    ]
-
-
-#: the calls a node retries on another replica of its successor's tier (both idempotent)
-RETRIED = (("distree.node.v1.ChainNode", "Forward"), ("distree.node.v1.ChainNode", "Info"))
-
-
-def make_aio_channel(address: str | Sequence[str], tls: ClientTLS | None, max_message_bytes: int) -> grpc.aio.Channel:
-    """One channel over every address of a tier: round robin, health checking, retries (:mod:`.balancing`)."""
-    addrs = [address] if isinstance(address, str) else list(address)
-    target, opts = balanced_options(addrs, channel_options(max_message_bytes), RETRIED, max_message_bytes)
-    if tls is None:
-        return grpc.aio.insecure_channel(target, options=opts)
-    return grpc.aio.secure_channel(target, tls.credentials(), options=opts + tls.options())
-
-
-def successor_deadlines(
-    deadline: list[float], *, now: float, wall: float, back_s: float, max_timeout_s: float
-) -> tuple[float, list[float]]:
-    """The call's timeout and each row's deadline for the successor (wall-clock seconds, 0 = none).
-
-    ``deadline`` holds monotonic seconds (``now`` is the same clock, ``wall`` the wall clock at that
-    moment) by which this node must answer each row, ``inf`` for none. The timeout is the latest
-    successor deadline minus ``now``, capped at ``max_timeout_s``; uncapped when a row has no
-    deadline. A timeout <= 0 means there is no time for the hop.
-
-    Python floats, not numpy: for the few rows of a forward, numpy's per-call overhead is 5-10x the
-    arithmetic (measured 64 vs 5 us for one row on the loaded 2-CPU development machine).
-    """
-    latest = max(deadline)
-    timeout = max_timeout_s if latest == math.inf else min(max_timeout_s, latest - back_s - now)
-    to_wall = wall - now - back_s
-    return timeout, [d + to_wall if d != math.inf else 0.0 for d in deadline]
-
-
-def failure_reason(code: grpc.StatusCode) -> str:
-    """The degradation reason of rows whose forward failed with ``code``."""
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return "successor-timeout"
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return "successor-unavailable"
-    return "successor-error"
-
-
-@dataclass(slots=True)
-class Forwarded:
-    """The outcome of a forward: answers by request id, or why rows must be answered here."""
-
-    answers: dict[str, node_pb2.Answer]
-    reason: str  # "" when the successor answered; rows it left out count as "successor-error"
-    rtt_s: float  # seconds from sending to the answer (or the failure)
-
-
-@dataclass
-class LinkEstimates:
-    """EWMA estimates of the hop (transport round trip) and of the successor (queue + compute)."""
-
-    hop: Ewma = field(default_factory=lambda: Ewma(0.2, default=0.001))
-    next: Ewma = field(default_factory=lambda: Ewma(0.2))
-    hop_samples: Samples = field(default_factory=Samples)  # round trip minus the callee's compute + downstream
-    wire_samples: Samples = field(default_factory=Samples)  # round trip minus the callee's whole handler time
-
-    def update(self, rtt: float, resp: node_pb2.ForwardResponse) -> float:
-        """Take in one answered forward; returns its hop time (transport incl. the callee's queue)."""
-        hop = rtt - resp.compute_s - resp.downstream_s
-        self.hop_samples.add(hop)
-        self.wire_samples.add(rtt - resp.server_s)
-        self.hop.update(max(hop - resp.queue_s, 0.0))
-        self.next.update(resp.queue_s + resp.compute_s)
-        return hop
-
-    def continue_s(self) -> float:
-        """Estimated seconds from now to the successor's answer for a row forwarded now."""
-        return self.hop.value + self.next.value
-
-
 #: Estimates older than this (no answered forward since) are refreshed from the successor's Info before
 #: the deadline rule uses them: a node whose rule stops forwarding would otherwise keep a stale, high
 #: estimate (a cold first call, a slow spell of the successor) and never forward again.
 REFRESH_S = 0.5
-
-
-@dataclass(slots=True)
-class Hop:
-    """The rows of one forward as the transport carries them."""
-
-    ids: list[str]
-    h: np.ndarray  # features (B, ...)
-    state: bytes  # distree.policies.encode_state of the rows (b"" = none)
-    deadline_unix_s: list[float]  # per row, wall clock (0 = none)
-    timeout_s: float  # the hop's deadline as seconds from now (a unary call's gRPC timeout)
-    deadline_s: float  # the same, wall clock
-    from_node: int
-
-    def request(self) -> node_pb2.ForwardRequest:
-        """The rows as a unary ``Forward`` request."""
-        return node_pb2.ForwardRequest(
-            request_ids=self.ids,
-            features=to_proto(self.h),
-            policy_state=self.state,
-            deadline_unix_s=self.deadline_unix_s,
-            from_node=self.from_node,
-        )
-
-
-class Transport(Protocol):
-    """What carries calls to the successor. Failures raise ``grpc.aio.AioRpcError``.
-
-    ``forward`` waits at most ``timeout`` seconds (``<= hop.timeout_s``, the hop's deadline that the
-    successor is told) and then fails with DEADLINE_EXCEEDED. Its answer has ``answers`` (with
-    ``request_id``) and the callee's timings as in ``ForwardResponse``.
-    """
-
-    address: str
-
-    async def forward(self, hop: Hop, timeout: float) -> Any: ...
-    async def info(self, timeout: float) -> node_pb2.InfoResponse: ...
-    async def healthy(self, timeout: float) -> bool: ...
-    async def close(self) -> None: ...
-
-
-class Link(Protocol):
-    """The link to the successor as a node core uses it."""
-
-    address: str
-    up: bool
-    down_reason: str  # the degradation reason of rows answered here while it is down
-    estimates: LinkEstimates
-    forwards: int  # Forward calls made
-
-    def back_s(self) -> float: ...
-    def continue_s(self) -> float: ...
-    def refresh_if_stale(self) -> None: ...
-    async def start(self) -> None: ...
-    async def forward(
-        self, ids: list[str], h: np.ndarray, state: dict[str, np.ndarray], deadline: list[float]
-    ) -> Forwarded: ...
-    async def close(self) -> None: ...
-
-
-def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
-    """The exception a grpc.aio call raises when it ends with ``code``."""
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details or code.name)
-
-
-class GrpcTransport:
-    """Unary ``Forward`` calls over a persistent grpc.aio channel to tier K+1 (ChainNode + health), over
-    every replica's address: a call goes to a healthy replica (round robin), and one that fails as
-    unavailable is sent again to another; it fails only when no replica is usable. (Nodes use
-    :class:`~distree.runtime.streams.StreamTransport`; this one remains for tools and tests.)"""
-
-    def __init__(
-        self,
-        address: str | Sequence[str],
-        tls: ClientTLS | None,
-        max_message_bytes: int,
-        *,
-        token: bytes | None = None,
-    ) -> None:
-        from grpc_health.v1 import health_pb2_grpc
-
-        from .auth import TOKEN_METADATA
-
-        # the chain's shared secret on every internal call when there is no mutual TLS (see .auth)
-        self.metadata = ((TOKEN_METADATA, token),) if token else None
-        self.address = address if isinstance(address, str) else ",".join(address)
-        self.channel = make_aio_channel(address, tls, max_message_bytes)
-        self.stub = node_pb2_grpc.ChainNodeStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    async def forward(self, hop: Hop, timeout: float) -> node_pb2.ForwardResponse:
-        call = self.stub.Forward(hop.request(), timeout=hop.timeout_s, metadata=self.metadata)
-        if timeout >= hop.timeout_s:
-            return await call
-        try:
-            return await asyncio.wait_for(call, timeout)
-        except TimeoutError:
-            raise rpc_error(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within the hop timeout {timeout:.3f} s"
-            ) from None
-
-    async def info(self, timeout: float) -> node_pb2.InfoResponse:
-        return await self.stub.Info(node_pb2.InfoRequest(), timeout=timeout, metadata=self.metadata)
-
-    async def healthy(self, timeout: float) -> bool:
-        from grpc_health.v1 import health_pb2
-
-        # wait_for_ready: a channel backing off after a failed connection tries again instead of failing at once
-        r = await self.health.Check(  # type: ignore[attr-defined]  # types-grpcio-health-checking lacks HealthStub.Check
-            health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
-        )
-        return r.status == health_pb2.HealthCheckResponse.SERVING
-
-    async def close(self) -> None:
-        await self.channel.close()
-
 
 #: answered round trips the hop timeout needs before it applies, and how many it looks back on
 HOP_TIMEOUT_MIN_SAMPLES = 16

@@ -3,7 +3,8 @@ classes and normalisation around it — from the torch checkpoint or from an ONN
 
 An ONNX node (``backend = "onnx"`` or ``"onnx-int8"`` in the cluster spec) is built from the export
 folder alone and never imports torch, so it runs on a device with only the ``edge`` extra installed
-(numpy, onnxruntime, grpcio). A torch node loads the checkpoint as before.
+(numpy, onnxruntime, grpcio). A torch node loads the checkpoint as before. :func:`load_node_model` is
+what a node core opens: either kind, checked against the spec's number of nodes.
 """
 
 from __future__ import annotations
@@ -102,3 +103,23 @@ def open_node_model(spec: ClusterSpec, k: int, replica: int = 1) -> NodeModel:
     assert spec.checkpoint is not None  # the spec's validator requires it for torch nodes
     model, sidecar = load_checkpoint(spec.checkpoint)
     return torch_node_model(model, sidecar, k)
+
+
+def load_node_model(
+    spec: ClusterSpec, k: int, replica: int = 1, *, model: Any = None, sidecar: dict[str, Any] | None = None
+) -> NodeModel:
+    """Node ``k``'s model for a node core: of ``model`` (a loaded network, with its ``sidecar``) when
+    given, else through the spec's backend (:func:`open_node_model`); it must have one segment per
+    node of the spec."""
+    nm = torch_node_model(model, sidecar, k) if model is not None else open_node_model(spec, k, replica)
+    if nm.backend_name == "torch":
+        import torch
+
+        torch.set_num_threads(spec.threads)
+    if nm.num_nodes != spec.num_nodes:
+        where = spec.checkpoint if nm.backend_name == "torch" else spec.node_backend(k, replica)[1]
+        raise ValueError(
+            f"{where} has {nm.num_nodes} segments but the spec lists {spec.num_nodes} "
+            "nodes; list one [[nodes]] entry per segment"
+        )
+    return nm

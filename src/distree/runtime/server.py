@@ -21,11 +21,11 @@ from .admission import Admission, InflightBytes
 from .auth import AccessControl
 from .core import NodeCore
 from .limits import NodeLimits
-from .link import channel_options
 from .memory import MemoryReturner, configure_allocator
 from .servicer import ChainNodeServicer
 from .spec import ClusterSpec
 from .tls import server_credentials
+from .transport import channel_options
 
 log = logging.getLogger(__name__)
 

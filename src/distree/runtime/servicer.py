@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -52,6 +53,40 @@ def arrival_deadlines(
     if not len(deadline_unix_s):
         return [cap] * rows
     return [min(now + (a - wall), cap) if a > 0 else cap for a in deadline_unix_s]
+
+
+def info_response(core: NodeCore) -> node_pb2.InfoResponse:
+    """What ``Info`` answers: the node's estimates (its predecessor's link seeds and refreshes its own from
+    them) and, as JSON, its counts, the summaries of its samples and the latest samples."""
+    link = core.link
+    est = link.estimates if link is not None else core.no_link
+    stats = {
+        "backend": core.backend_name,
+        "counts": {**core.counts, "forwards": link.forwards if link is not None else 0},
+        "degraded": core.degraded_counts,
+        "hop_s": est.hop_samples.summary(),
+        "wire_s": est.wire_samples.summary(),
+        "compute_s": core.compute_samples.summary(),
+        "est_continue_s": est.continue_s(),
+        # the latest samples themselves (newest last), for medians over a chosen stretch of requests
+        "recent": {
+            "hop_s": est.hop_samples.last(512),
+            "wire_s": est.wire_samples.last(512),
+            "compute_s": core.compute_samples.last(512),
+        },
+    }
+    return node_pb2.InfoResponse(
+        node=core.k,
+        num_nodes=core.spec.num_nodes,
+        model=core.model_label,
+        policy=core.policy.name,
+        est_compute_s=core.compute_now_s(),
+        est_queue_s=core.batcher.est_queue.value,
+        est_hop_s=est.hop.value,
+        est_next_s=est.next.value,
+        successor_up=bool(link is None or link.up),
+        stats_json=json.dumps(stats),
+    )
 
 
 class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
@@ -210,4 +245,4 @@ class ChainNodeServicer(node_pb2_grpc.ChainNodeServicer):
         )
 
     async def Info(self, request: node_pb2.InfoRequest, context: grpc.aio.ServicerContext):  # noqa: N802
-        return self.core.info()
+        return info_response(self.core)

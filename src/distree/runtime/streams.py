@@ -1,9 +1,11 @@
 """The node-to-node transport: one long-lived ``ForwardStream`` per replica of tier K+1, raw frames.
 
-:class:`StreamTransport` is the :class:`~distree.runtime.link.Transport` of a node process. It keeps,
-per replica of the successor's tier, its own grpc.aio channel and on it
+:class:`StreamTransport` is the :class:`~distree.runtime.hop.Transport` of a node process. It keeps,
+per replica of the successor's tier (a :class:`~distree.runtime.replica.Replica`), its own grpc.aio
+channel and on it
 
-- one bidirectional ``distree.node.v1.ChainNode/ForwardStream`` call carrying the raw frames of
+- one bidirectional ``distree.node.v1.ChainNode/ForwardStream`` call
+  (:class:`~distree.runtime.forward_stream.ForwardStream`) carrying the raw frames of
   :mod:`~distree.runtime.frames` both ways: forwards are written by one writer task (one write at a
   time), replies are read by one reader task and matched to their forward by request id;
 - a ``grpc.health.v1`` ``Watch`` of the replica's status, so a replica that drains (NOT_SERVING) gets
@@ -19,7 +21,10 @@ fails with UNAVAILABLE when there is none: the link then answers those rows as
 the link's hop timeout sets its replica aside as *suspect* (see :mod:`~distree.runtime.link`), probed
 the same way, and is sent again to another replica while time is left.
 
-Info and health stay unary protobuf calls on the same channels.
+Info and health stay unary protobuf calls on the same channels. This module owns the replica set
+(round robin, DNS names resolved again every :data:`RESOLVE_S` seconds) and a forward's sends and
+resends; one replica's channel and state are :mod:`~distree.runtime.replica`'s, one stream's frames
+:mod:`~distree.runtime.forward_stream`'s.
 """
 
 from __future__ import annotations
@@ -30,305 +35,25 @@ import ipaddress
 import itertools
 import logging
 import socket
-import time
-from collections import deque
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
 from . import frames
-from .estimates import Ewma
-from .link import Hop, channel_options, rpc_error
+from .hop import Hop
 from .protos import node_pb2
+from .replica import Replica
 from .tls import ClientTLS
+from .transport import rpc_error
 
 log = logging.getLogger(__name__)
 
-METHOD = "/distree.node.v1.ChainNode/ForwardStream"
-INFO = "/distree.node.v1.ChainNode/Info"
-#: frames at least this large time the stream's write rate (smaller ones measure call overhead, not the link)
-BACKLOG_MIN_BYTES = 64 * 1024
 #: sends of one forward (the first included) over replicas whose stream broke under it
 MAX_ATTEMPTS = 4
 #: seconds between resolutions of the DNS names among a tier's addresses (pods come and go)
 RESOLVE_S = 30.0
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
-#: how a stream can end that would end a new one the same way (not a replica's failure)
-_REFUSALS = (
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNIMPLEMENTED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INVALID_ARGUMENT,
-)
-
-
-class _Stream:
-    """One open ``ForwardStream`` call to a replica: a writer task, a reader task, forwards in flight."""
-
-    def __init__(self, replica: _Replica) -> None:
-        self.replica = replica
-        self.call: grpc.aio.StreamStreamCall[bytes, bytes] = replica.channel.stream_stream(METHOD)(
-            metadata=replica.metadata
-        )
-        self.pending: dict[int, asyncio.Future] = {}
-        self.out: deque[tuple[int, bytes]] = deque()
-        self.wake = asyncio.Event()
-        self.closing = False  # half-closed: no new forwards
-        self.broken = False
-        self.answered = 0  # replies taken from this stream
-        self.queued = 0  # bytes handed to the stream and not yet written: the link's backlog
-        self.rate = Ewma(0.2)  # bytes per second the writes take (measured on frames of 64 KiB and more)
-        loop = asyncio.get_running_loop()
-        self.writer = loop.create_task(self._write())
-        self.reader = loop.create_task(self._read())
-
-    def send(self, rid: int, data: bytes, fut: asyncio.Future) -> None:
-        self.pending[rid] = fut
-        self.out.append((rid, data))
-        self.queued += len(data)
-        self.wake.set()
-
-    def backlog_s(self) -> float:
-        """Seconds the bytes queued on this stream still need at the measured write rate (0 before any
-        large write was timed: on a fast link nothing queues)."""
-        return self.queued / self.rate.value if self.queued and self.rate.n else 0.0
-
-    def forget(self, rid: int) -> None:
-        """The forward of ``rid`` is no longer waited for: drop it if unsent, else tell the replica."""
-        if self.pending.pop(rid, None) is not None and not self.broken and not self.closing:
-            self.out.append((0, frames.cancel_frame(rid)))
-            self.wake.set()
-
-    def close_writing(self) -> None:
-        self.closing = True
-        self.wake.set()
-
-    async def _write(self) -> None:
-        try:
-            while True:
-                while self.out:
-                    rid, data = self.out.popleft()
-                    if rid and rid not in self.pending:
-                        self.queued -= len(data)
-                        continue  # its caller gave up before it was sent
-                    t = time.monotonic()
-                    try:
-                        await self.call.write(data)
-                    finally:
-                        self.queued -= len(data)
-                    took = time.monotonic() - t
-                    if len(data) >= BACKLOG_MIN_BYTES and took > 0:
-                        self.rate.update(len(data) / took)
-                if self.closing:
-                    await self.call.done_writing()
-                    return
-                self.wake.clear()
-                await self.wake.wait()
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError as e:
-            self._break(e)
-        except Exception as e:  # noqa: BLE001 - a write on a finished call (asyncio.InvalidStateError, UsageError)
-            self._break(rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self.replica.address} ended ({e})"))
-
-    async def _read(self) -> None:
-        err: grpc.aio.AioRpcError | None = None
-        try:
-            while True:
-                r = await self.call.read()
-                if r is grpc.aio.EOF:
-                    break
-                try:
-                    kind, rid = frames.frame_kind(cast(bytes, r))  # the method has no deserializer: raw bytes
-                except frames.BadFrame as e:
-                    log.warning("bad frame from %s: %s", self.replica.address, e, extra={"event": "bad_frame"})
-                    continue
-                fut = self.pending.pop(rid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result((kind, r))
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError as e:
-            err = e
-        self._break(err or rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self.replica.address} ended (EOF)"))
-
-    def _break(self, e: grpc.aio.AioRpcError) -> None:
-        """The stream is over: every forward still waiting on it fails with ``e``, as UNAVAILABLE (sent again
-        to another replica) unless the call itself was refused (access, limits: another send would be too)."""
-        if self.broken:
-            return
-        self.broken = True
-        if e.code() not in _REFUSALS:
-            e = rpc_error(
-                grpc.StatusCode.UNAVAILABLE,
-                f"the stream to {self.replica.address} broke ({e.code().name}: {e.details()})",
-            )
-        pending, self.pending = self.pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(e)
-        self.replica.stream_ended(self, e)
-        self.writer.cancel()
-        self.call.cancel()
-
-    def close(self) -> None:
-        self.closing = True
-        self._break(rpc_error(grpc.StatusCode.UNAVAILABLE, "the link was closed"))
-        self.reader.cancel()
-
-
-class _Replica:
-    """One replica of the successor's tier: its channel, stream, health watch and state."""
-
-    def __init__(
-        self, transport: StreamTransport, address: str, tls: ClientTLS | None, max_bytes: int, authority: str
-    ) -> None:
-        from grpc_health.v1 import health_pb2_grpc
-
-        self.transport = transport
-        self.address = address
-        self.metadata = transport.metadata
-        opts = channel_options(max_bytes)
-        if authority != address:  # every replica of a tier is checked against one name (as one balanced channel)
-            opts.append(("grpc.default_authority", authority))
-        if tls is None:
-            self.channel = grpc.aio.insecure_channel(address, options=opts)
-        else:
-            self.channel = grpc.aio.secure_channel(address, tls.credentials(), options=opts + tls.options())
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.info = self.channel.unary_unary(
-            INFO,
-            request_serializer=node_pb2.InfoRequest.SerializeToString,
-            response_deserializer=node_pb2.InfoResponse.FromString,
-        )
-        self.origin = address  # the spec's address it came from (a DNS name resolves to several replicas)
-        self.stream: _Stream | None = None
-        self.serving: bool | None = None  # the health watch's last word (None: not heard yet)
-        self.state = "ok"  # ok | down (its stream or connection failed) | suspect (ran past the hop timeout)
-        self._repair: asyncio.Task | None = None
-        self._watch: asyncio.Task | None = None
-
-    def usable(self) -> bool:
-        return self.state == "ok" and self.serving is not False
-
-    def start(self) -> None:
-        if self._watch is None:
-            self._watch = asyncio.get_running_loop().create_task(self._watching())
-
-    def open(self) -> _Stream:
-        s = self.stream
-        if s is None or s.broken or s.closing:
-            s = self.stream = _Stream(self)
-        return s
-
-    # ---------------------------------------------------------------- state
-    def stream_ended(self, stream: _Stream, e: grpc.aio.AioRpcError) -> None:
-        if self.stream is stream:
-            self.stream = None
-        if e.code() == grpc.StatusCode.UNAVAILABLE and not stream.closing:
-            self.set_aside("down", f"{e.code().name}: {e.details()}")
-
-    def set_aside(self, state: str, why: str) -> None:
-        """Stop picking this replica until a health check says it serves again."""
-        if self.state == "ok":
-            log.warning(
-                "replica %s of the successor is %s (%s)",
-                self.address,
-                state,
-                why,
-                extra={"event": "replica_" + state, "successor": self.address},
-            )
-        if state == "suspect" and self.stream is not None:
-            self.stream.close_writing()  # rows already sent may still be answered; new ones go elsewhere
-            self.stream = None
-        self.state = state
-        if self._repair is None or self._repair.done():
-            self._repair = asyncio.get_running_loop().create_task(self._repairing())
-
-    async def probe(self, timeout: float) -> bool:
-        """One health check (waiting for a connection); serving replicas are usable again."""
-        from grpc_health.v1 import health_pb2
-
-        try:
-            r = await self.health.Check(  # type: ignore[attr-defined]  # types-grpcio-health-checking lacks HealthStub.Check
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True, metadata=None
-            )
-        except grpc.aio.AioRpcError:
-            return False
-        serving = r.status == health_pb2.HealthCheckResponse.SERVING
-        self.serving = serving
-        if serving and self.state != "ok":
-            log.warning("replica %s of the successor is back", self.address, extra={"event": "replica_up"})
-            self.state = "ok"
-        return serving and self.state == "ok"
-
-    async def _repairing(self) -> None:
-        backoff, longest = self.transport.backoff_s
-        while self.state != "ok":
-            await asyncio.sleep(backoff)
-            if await self.probe(max(0.5, backoff)):
-                return
-            backoff = min(backoff * 2, longest)
-
-    async def _watching(self) -> None:
-        """Follow the replica's health status (Watch). A replica that turns NOT_SERVING is draining: the
-        watch is ended (its server would otherwise cancel it on stopping) and health checks take over
-        until it serves again."""
-        from grpc_health.v1 import health_pb2
-
-        first, longest = self.transport.backoff_s
-        backoff = first
-        while True:
-            try:
-                if self.serving is False and not await self.probe(max(0.5, backoff)):
-                    raise _NotYet
-                call = self.health.Watch(  # type: ignore[attr-defined]  # types-grpcio-health-checking lacks HealthStub.Watch
-                    health_pb2.HealthCheckRequest(service=""), wait_for_ready=True
-                )
-                try:
-                    async for r in call:
-                        backoff = first
-                        if r.status != health_pb2.HealthCheckResponse.SERVING:
-                            self.drains()
-                            break
-                        self.serving = True
-                finally:
-                    call.cancel()
-            except asyncio.CancelledError:
-                raise
-            except (grpc.aio.AioRpcError, _NotYet):
-                pass
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, longest)
-
-    def drains(self) -> None:
-        """The replica reports NOT_SERVING: no new forwards; those on its stream are still answered."""
-        if self.serving is not False:
-            log.info("replica %s of the successor drains", self.address, extra={"event": "replica_drains"})
-        self.serving = False
-        if self.stream is not None:
-            self.stream.close_writing()
-            self.stream = None
-
-    def retire(self) -> None:
-        """No longer one of the tier's addresses (DNS): no new forwards; closed once those on it are answered."""
-        self.state = "gone"
-        for t in (self._watch, self._repair):
-            if t is not None:
-                t.cancel()
-        if self.stream is not None:
-            self.stream.close_writing()
-        asyncio.get_running_loop().call_later(RESOLVE_S, lambda: asyncio.ensure_future(self.close()))
-
-    async def close(self) -> None:
-        for t in (self._watch, self._repair):
-            if t is not None:
-                t.cancel()
-        if self.stream is not None:
-            self.stream.close()
-        await self.channel.close()
 
 
 class StreamTransport:
@@ -352,7 +77,7 @@ class StreamTransport:
         self.max_message_bytes = max_message_bytes
         self.tls = tls
         self.authority = addrs[0]
-        self.replicas = [_Replica(self, a, tls, max_message_bytes, addrs[0]) for a in addrs]
+        self.replicas = [Replica(self, a, tls, max_message_bytes, addrs[0]) for a in addrs]
         self._next = 0
         self._ids = itertools.count(1)
         self._rows = 1
@@ -396,14 +121,14 @@ class StreamTransport:
             return
         for t in targets:
             if t not in current:
-                r = _Replica(self, t, self.tls, self.max_message_bytes, self.authority)
+                r = Replica(self, t, self.tls, self.max_message_bytes, self.authority)
                 r.origin = origin
                 self.replicas.append(r)
                 r.start()
         for a, r in current.items():
             if a not in targets:
                 self.replicas.remove(r)
-                r.retire()
+                r.retire(RESOLVE_S)
         log.info("%s resolves to %s", origin, ", ".join(targets), extra={"event": "resolved"})
 
     def _resolve_soon(self) -> None:
@@ -429,7 +154,7 @@ class StreamTransport:
         waits = [r.stream.backlog_s() if r.stream is not None else 0.0 for r in self.replicas if r.usable()]
         return min(waits, default=0.0)
 
-    def _pick(self, avoid: _Replica | None = None) -> _Replica | None:
+    def _pick(self, avoid: Replica | None = None) -> Replica | None:
         reps = self.replicas
         n = len(reps)
         for i in range(n):
@@ -463,7 +188,7 @@ class StreamTransport:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"a forward of {len(data)} bytes exceeds max_message_bytes = {self.max_message_bytes}",
             )
-        last: _Replica | None = None
+        last: Replica | None = None
         for attempt in range(MAX_ATTEMPTS):
             rep = self._pick(avoid=last)
             if rep is None:
@@ -546,13 +271,9 @@ def _dns_name(address: str) -> tuple[str, str] | None:
     return None
 
 
-class _NotYet(Exception):
-    """The replica does not serve yet."""
-
-
 def _expire(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
 
 
-__all__ = ["METHOD", "StreamTransport"]
+__all__ = ["StreamTransport"]
