@@ -39,6 +39,12 @@ def test_calibrate_then_evaluate(tmp_path):
 
     rf = tmp_path / "conf-risk.json"
     _calibrate(vp, rf, "--policy", "confidence", "--max-accuracy-drop", "1.0", "--confidence", "0.9")
+
+    rp = tmp_path / "repeats.json"
+    r = _calibrate(vp, rp, "--policy", "confidence", "--max-accuracy-drop", "1.0", "--folds", "3", "--repeats", "2")
+    assert "cross-fit (3 folds x 2 repeats)" in r.output
+    cf = load_policy(rp).calibration["cross_fit"]
+    assert (cf["folds"], cf["repeats"]) == (3, 2)
     assert load_policy(rf).calibration["method"] == "learn-then-test"
 
     bf = tmp_path / "budget.json"

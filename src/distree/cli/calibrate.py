@@ -46,6 +46,9 @@ def calibrate_cmd(
         "or in-sample (the drop on this trace is the target; reads optimistic on new data).",
     ),
     folds: int = typer.Option(5, help="Cross-fit: number of folds."),
+    repeats: int = typer.Option(
+        1, help="Cross-fit: repeat the folds this many times (new random folds; steadier, proportionally slower)."
+    ),
     path_fraction: float = typer.Option(0.3, help="Risk control: share of the trace used to order the candidates."),
     risk_path: str = typer.Option(
         "frontier", help="Risk control: candidate sequence, frontier (default) or interpolate (the earlier one)."
@@ -87,6 +90,7 @@ def calibrate_cmd(
             seed=seed,
             method=method,
             folds=folds,
+            repeats=repeats,
             risk_path=risk_path,
         )
     )
@@ -101,8 +105,9 @@ def calibrate_cmd(
     cf = cal.calibration.get("cross_fit")
     if cf:
         it = cf["internal_target_pp"]
+        reps = f" x {cf['repeats']} repeats" if cf.get("repeats", 1) > 1 else ""
         console.print(
-            f"cross-fit ({cf['folds']} folds): expected held-out drop {cf['expected_drop_pp']:+.2f} pp "
+            f"cross-fit ({cf['folds']} folds{reps}): expected held-out drop {cf['expected_drop_pp']:+.2f} pp "
             f"(measured {cf['held_out_drop_pp']:+.2f}, sd {cf['held_out_drop_pp_sd']:.2f} over folds of "
             f"{tr.num_samples // cf['folds']}), saving {100 * cf['held_out_saving']:.1f}%; internal target "
             + (f"{it:+.2f} pp" if it is not None else "none met it: never exit early")
@@ -137,6 +142,7 @@ def _check_splits(cal: Any, pol: Any, tr: Any, n: int, fraction: float, seed: in
         kw["method"] = rec["method"]
         if "cross_fit" in rec:
             kw["folds"] = rec["cross_fit"]["folds"]
+            kw["repeats"] = rec["cross_fit"]["repeats"]
     res = guarded(lambda: check_splits(problem_for(pol, tr), n, fraction=fraction, seed=seed, **kw))
     s = res.summary()
     what = (
