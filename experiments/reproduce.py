@@ -17,6 +17,10 @@ interrupted run resumes where it stopped; ``--force STEP`` reruns one):
    bandwidth traces on every hop (``distree sweep``);
 7. ``qos``: the deadline rule on fluctuating devices in the simulator and on a real loopback cluster,
    side by side (``experiments/qos_side_by_side.py``).
+8. ``ablation``: the training objectives compared at the policy level: per-exit accuracy and the
+   calibrated policies' held-out savings of each checkpoint of the same model trained with another
+   objective (``experiments/objective_ablation.py``; the sibling folders of ``--checkpoint``, or
+   ``--ablation DIR ...``).
 
 ``--quick`` uses 1,000 samples per split, fewer re-splits, requests and deadlines (under 15 minutes
 on 2 CPU cores). Every step's output ends in its folder's ``log.txt``; ``summary.md`` lists them.
@@ -88,6 +92,26 @@ delay_s = 0.005
     return path
 
 
+def objective_siblings(ckpt: Path) -> list[Path]:
+    """Folders beside ``ckpt`` holding the same model, data set and epochs trained with another objective."""
+    import json
+
+    def cfg(d: Path) -> dict | None:
+        f = d / "train_config.json"
+        return json.loads(f.read_text()) if f.is_file() and (d / "model.safetensors").is_file() else None
+
+    mine = cfg(ckpt)
+    if mine is None or not ckpt.parent.is_dir():
+        return []
+    same = ("model", "num_nodes", "dataset", "epochs", "seed", "model_args")
+    out = []
+    for d in sorted(ckpt.parent.iterdir()):
+        c = cfg(d) if d.is_dir() and d.resolve() != ckpt.resolve() else None
+        if c and all(c.get(k) == mine.get(k) for k in same) and c.get("objective") != mine.get("objective"):
+            out.append(d)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", type=Path, required=True)
@@ -98,6 +122,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--force", action="append", default=[], help="rerun this step even if done (repeatable)")
     ap.add_argument("--skip", action="append", default=[], help="leave this step out (repeatable)")
+    ap.add_argument(
+        "--ablation",
+        nargs="*",
+        type=Path,
+        default=None,
+        help="checkpoints of the same model trained with other objectives (default: the sibling folders of "
+        "--checkpoint whose train_config.json has the same model, data and epochs and another objective)",
+    )
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -154,9 +186,17 @@ def main() -> None:
                    "--policy", str(pol / "distree-conf.json"), "--out", str(out / "qos"), *data, *extra),
             log)  # fmt: skip
 
+    def ablation(log: Path) -> None:
+        others = args.ablation if args.ablation is not None else objective_siblings(args.checkpoint)
+        if not others:
+            print("  no checkpoints of the same model with other objectives (--ablation DIR ...): step left out")
+            return
+        run(script("objective_ablation.py", "--checkpoints", *map(str, [*others, args.checkpoint]),
+                   "--out", str(out / "ablation"), "--splits", "3" if q else "20", *data, *lim), log)  # fmt: skip
+
     steps: list[tuple[str, Callable[[Path], None]]] = [
         ("trace", trace), ("calibrate", calibrate), ("evaluate", evaluate), ("splits", splits),
-        ("signals", signals), ("qos-sim", qos_sim), ("qos", qos),
+        ("signals", signals), ("qos-sim", qos_sim), ("qos", qos), ("ablation", ablation),
     ]  # fmt: skip
     unknown = set(args.force + args.skip) - {n for n, _ in steps}
     if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +30,28 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_reproduce_quick_runs_every_step_and_resumes(tiny_checkpoint, tmp_path):
+    from distree.training import TrainConfig, train
+
+    # the same tiny model trained with another objective, beside it: the ablation step finds it
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(tiny_checkpoint, ckpts / "tiny-distree")
+    cfg = TrainConfig.load(tiny_checkpoint / "train_config.json")
+    ce = TrainConfig.from_dict({**cfg.to_dict(), "objective": "ce", "kd_weight": None, "ft_weight": None})
+    train(ce, ckpts / "tiny-ce")
     out = tmp_path / "repro"
-    args = ["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--quick",
+    args = ["--checkpoint", str(ckpts / "tiny-distree"), "--out", str(out), "--quick",
             "--traces", str(ROOT / "tests" / "fixtures" / "traces")]  # fmt: skip
     res = _run(*args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    for step in ("trace", "calibrate", "evaluate", "signals", "qos-sim", "qos"):
+    for step in ("trace", "calibrate", "evaluate", "signals", "qos-sim", "qos", "ablation"):
         assert (out / step / ".done").is_file(), step
+    abl = json.loads((out / "ablation" / "ablation.json").read_text())
+    assert [r["objective"] for r in abl["rows"]] == ["ce", "distree"]
+    # the ablation's distree row is the trace step's model: the same per-exit accuracy
+    assert abl["rows"][1]["test_accuracy"] == pytest.approx(
+        list(load_trace(out / "trace" / "test.trace.safetensors").correct.mean(0)), abs=1e-9
+    )
+    assert (out / "ablation" / "ablation.png").stat().st_size > 1000
     # the model card's check: per-exit accuracy printed by the trace step is the trace file's
     test = load_trace(out / "trace" / "test.trace.safetensors")
     log = (out / "trace" / "log.txt").read_text()
@@ -50,5 +66,5 @@ def test_reproduce_quick_runs_every_step_and_resumes(tiny_checkpoint, tmp_path):
     assert all(r["runtime"]["lost"] == 0 for r in qos["rows"])
     # resumable: a second run finds every step done and redoes nothing
     again = _run(*args)
-    assert again.returncode == 0 and again.stdout.count("done already") == 7 - again.stdout.count("left out")
+    assert again.returncode == 0 and again.stdout.count("done already") == 8
     assert "$ " not in again.stdout
