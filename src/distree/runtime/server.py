@@ -53,7 +53,7 @@ async def serve_node(
     from .kserve import SERVICE, KServeServicer
 
     node = spec.node(k, replica)
-    configure_allocator()  # before the model loads: large buffers go back to the OS when freed
+    configure_allocator()  # before the model loads: one heap, working buffers kept, large ones unmapped
     core = NodeCore(spec, k, replica=replica)
     labels = [str(c) for c in core.sidecar.get("classes", [])]
     limits = NodeLimits.of(spec, k, core.in_shape, num_classes=core.num_classes, labels=labels)
