@@ -995,6 +995,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="3 rounds of short blocks (a few minutes)")
     ap.add_argument("--out", type=Path, help="write the raw numbers as JSON")
+    ap.add_argument("--plot", type=Path, help="draw latency and throughput per configuration as a PNG")
+    ap.add_argument("--replot", type=Path, metavar="JSON", help="only draw --plot from an earlier run's --out")
     ap.add_argument("--profile", metavar="PEER:K", help="py-spy stage K of PEER under load instead of the table")
     ap.add_argument("--profile-seconds", type=float, default=20.0)
     ap.add_argument("--profile-batch", type=int, default=1)
@@ -1004,6 +1006,13 @@ def main(argv: list[str] | None = None) -> int:
         return driver_main(a.driver, [Path(p) for p in a.spec.split(",")], a.work)
     if a.rpc_worker:
         return rpc_worker_main(a.rpc_worker, a.rpc_port, a.checkpoint.split(","), a.tcp_only, a.parent)
+    if a.replot:
+        if not a.plot:
+            ap.error("--replot needs --plot FILE.png")
+        d = json.loads(a.replot.read_text())
+        plot_rows(d["rows"], d["meta"], a.plot)
+        print(f"plot: {a.plot}")
+        return 0
 
     def interrupted(*_: Any) -> None:
         raise KeyboardInterrupt
@@ -1082,7 +1091,46 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         a.out.write_text(json.dumps({"meta": meta, "rows": rows, "results": results}, indent=1))
         print(f"raw numbers: {a.out}")
+    if a.plot:
+        plot_rows(rows, meta, a.plot)
+        print(f"plot: {a.plot}")
     return 0
+
+
+def plot_rows(rows: list[dict], meta: dict, path: Path) -> None:
+    """Median latency (bars, p99 as a tick) and throughput at the concurrency of the run, per model and
+    batch size, one bar per peer; the in-process time as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = sorted({(r["model"], r["batch"]) for r in rows}, key=lambda c: (c[0], c[1]))
+    peers = [p for p in meta.get("peers", []) if any(r["peer"] == p for r in rows)]
+    fig, axes = plt.subplots(2, len(configs), figsize=(3.2 * len(configs), 6.4), dpi=110, squeeze=False)
+    for j, (model, batch) in enumerate(configs):
+        got = {r["peer"]: r for r in rows if r["model"] == model and r["batch"] == batch}
+        x = np.arange(len(peers))
+        lat, tput = axes[0][j], axes[1][j]
+        lat.bar(x, [got[p]["median_ms"] for p in peers], color=[f"C{i}" for i in range(len(peers))])
+        lat.plot(x, [got[p]["p99_ms"] for p in peers], "k_", ms=14, mew=1.5, label="p99")
+        lat.axhline(next(iter(got.values()))["inproc_ms"], color="grey", ls="--", lw=1, label="in-process")
+        lat.set_title(f"{model}, batch {batch}", fontsize=9)
+        tput.bar(x, [got[p]["rps"] for p in peers], color=[f"C{i}" for i in range(len(peers))])
+        for ax in (lat, tput):
+            ax.set_xticks(x, peers, rotation=30, fontsize=7)
+        if j == 0:
+            lat.set_ylabel("latency at concurrency 1 (ms)")
+            tput.set_ylabel(f"requests/s at concurrency {meta.get('concurrency', 16)}")
+            lat.legend(fontsize=7)
+    fig.suptitle(
+        f"A chain of 4 processes per peer; {meta.get('machine', '')}; load {meta.get('loadavg_start')}"
+        f" -> {meta.get('loadavg_end')}",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
