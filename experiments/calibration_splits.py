@@ -37,6 +37,7 @@ MODES: dict[str, dict[str, Any]] = {
     "in-sample": {"method": "in-sample"},
     "risk": {"risk_path": "frontier"},
     "risk-interp": {"risk_path": "interpolate"},
+    "risk-path-trace": {"risk_path": "frontier"},  # candidates ordered on --path-trace, all of a part tests
 }
 
 
@@ -89,6 +90,12 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=50)
     ap.add_argument("--fraction", type=float, default=0.5, help="share of the pooled samples calibrated on")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--path-trace",
+        type=Path,
+        default=None,
+        help="a trace of the same model on other samples (its training split): adds the risk-path-trace mode",
+    )
     a = ap.parse_args()
 
     traces = [load_trace(p) for p in a.traces]
@@ -99,6 +106,9 @@ def main() -> None:
     else:
         names = [n.strip() for n in a.policies.split(",") if n.strip()]
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if a.path_trace is None:
+        modes = [m for m in modes if m != "risk-path-trace"]  # needs the other samples
+    path_trace = load_trace(a.path_trace) if a.path_trace is not None else None
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise SystemExit(f"unknown mode {', '.join(bad)}; choose from {', '.join(MODES)}")
@@ -116,6 +126,9 @@ def main() -> None:
             kw: dict[str, Any] = {"max_drop_pp": a.target, **MODES[mode]}
             if mode.startswith("risk"):
                 kw["confidence"] = a.confidence
+            if mode == "risk-path-trace":
+                assert path_trace is not None
+                kw["path_prob"] = pooled_problem(name, [path_trace])
             t0 = time.perf_counter()
             res = check_splits(prob, a.splits, fraction=a.fraction, seed=a.seed, hindsight=hind is None, **kw)
             if hind is None:

@@ -3,8 +3,8 @@
 Steps (each writes into ``--out/<step>/`` and is skipped when its ``.done`` marker is there, so an
 interrupted run resumes where it stopped; ``--force STEP`` reruns one):
 
-1. ``trace``: every exit's outputs on the validation and test splits (the model card's per-exit
-   accuracy, re-measured);
+1. ``trace``: every exit's outputs on the validation, test and training splits (the model card's
+   per-exit accuracy, re-measured; the training split orders risk control's candidates in ``splits``);
 2. ``calibrate``: the default policy and the confidence baseline calibrated on validation at
    ``--drop`` pp (policy files for the later steps);
 3. ``evaluate``: every policy calibrated on validation and scored on test (the paper comparison), the
@@ -137,11 +137,12 @@ def main() -> None:
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     lim = ["--limit", "1000"] if q else []
     val, test = out / "trace" / "val.trace.safetensors", out / "trace" / "test.trace.safetensors"
+    train = out / "trace" / "train.trace.safetensors"  # orders risk control's candidates (risk-path-trace)
     pol = out / "calibrate"
     drop = str(args.drop)
 
     def trace(log: Path) -> None:
-        for split, f in (("val", val), ("test", test)):
+        for split, f in (("val", val), ("test", test), ("train", train)):
             run(distree("trace", "--checkpoint", str(args.checkpoint), "--split", split, "--out", str(f), *data, *lim),
                 log)  # fmt: skip
 
@@ -159,7 +160,8 @@ def main() -> None:
             print("  experiments/calibration_splits.py is not there: step left out")
             return
         run(script("calibration_splits.py", "--traces", str(val), str(test), "--out", str(out / "splits"),
-                   "--splits", "10" if q else "50"), log)  # fmt: skip
+                   "--splits", "10" if q else "50", *(["--path-trace", str(train)] if train.exists() else [])),
+            log)  # fmt: skip
 
     def signals(log: Path) -> None:
         run(script("exit_signals.py", "--val", str(val), "--test", str(test), "--out", str(out / "signals"),

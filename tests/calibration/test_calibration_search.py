@@ -185,6 +185,25 @@ def test_risk_controlled_calibration_record(val_test):
     assert risk["n_path"] + risk["n_test"] == val.num_samples
 
 
+def test_risk_control_orders_its_candidates_on_a_path_trace_and_tests_on_all_samples(val_test):
+    val, other = val_test  # other: samples of the same population the calibration never sees
+    val.meta.update(checkpoint="ck", split="val")
+    other.meta.update(checkpoint="ck", split="train")
+    pol = calibrate(create_policy("distree", 4), val, max_drop_pp=1.0, confidence=0.9, path_trace=other)
+    risk = pol.calibration["risk"]
+    assert (risk["n_test"], risk["n_path"]) == (val.num_samples, other.num_samples)
+    assert risk["path_samples"] == "path trace" and risk["path_fraction"] is None
+    assert risk["path_trace"] == {"checkpoint": "ck", "split": "train"}
+    assert risk["drop_upper_bound_pp"] <= 1.0 + 1e-9
+    with pytest.raises(ValueError, match="holds the calibration samples"):
+        calibrate(create_policy("distree", 4), val, max_drop_pp=1.0, confidence=0.9, path_trace=val)
+    with pytest.raises(ValueError, match="goes with --confidence"):
+        calibrate(create_policy("distree", 4), val, max_drop_pp=1.0, path_trace=other)
+    three = synthetic_trace(500, 3, seed=1)
+    with pytest.raises(ValueError, match="same model|other exits or exit costs"):
+        calibrate(create_policy("distree", 4), val, max_drop_pp=1.0, confidence=0.9, path_trace=three)
+
+
 @pytest.mark.parametrize("name", ["distree-conf", "confidence", "random", "last-exit", "oracle"])
 def test_validation_record_equals_offline_evaluation(val_test, name):
     """calibration computes its record without importing evaluation; the figures are evaluation's."""

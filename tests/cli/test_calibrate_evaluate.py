@@ -40,6 +40,13 @@ def test_calibrate_then_evaluate(tmp_path):
     rf = tmp_path / "conf-risk.json"
     _calibrate(vp, rf, "--policy", "confidence", "--max-accuracy-drop", "1.0", "--confidence", "0.9")
 
+    other = synthetic_trace(1500, 4, seed=23)
+    other.meta["split"] = "train"
+    op = other.save(tmp_path / "train.trace.safetensors")
+    pt = tmp_path / "path-trace.json"
+    r = _calibrate(vp, pt, "--max-accuracy-drop", "1.0", "--confidence", "0.9", "--path-trace", str(op))
+    assert "certified on 1500 samples, ordered on 1500 of the path trace" in r.output
+    assert load_policy(pt).calibration["risk"]["path_trace"]["split"] == "train"
     rp = tmp_path / "repeats.json"
     r = _calibrate(vp, rp, "--policy", "confidence", "--max-accuracy-drop", "1.0", "--folds", "3", "--repeats", "2")
     assert "cross-fit (3 folds x 2 repeats)" in r.output

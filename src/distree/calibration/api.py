@@ -43,6 +43,14 @@ def validation_figures(prob: Problem, thresholds: np.ndarray, trace: Trace) -> d
     }
 
 
+def _same_samples(a: Trace, b: Trace) -> bool:
+    """Whether two traces are of the same checkpoint and split (so they hold the same samples)."""
+    keys = ("checkpoint", "split")
+    return all(k in a.meta and a.meta.get(k) == b.meta.get(k) for k in keys) or (
+        a.num_samples == b.num_samples and np.array_equal(a.labels, b.labels) and np.array_equal(a.logits, b.logits)
+    )
+
+
 def fit(
     prob: Problem,
     *,
@@ -56,6 +64,7 @@ def fit(
     folds: int = 5,
     repeats: int = 1,
     risk_path: str = "frontier",
+    path_prob: Problem | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Thresholds for one target on a calibration problem, and what the policy file records about how.
 
@@ -76,8 +85,9 @@ def fit(
         return cf.thresholds, rec
     delta = 1.0 - confidence
     res = learn_then_test(
-        prob, max_drop_pp / 100.0, delta, path_fraction=path_fraction, seed=seed, path=risk_path, **kw
-    )
+        prob, max_drop_pp / 100.0, delta, path_fraction=path_fraction, seed=seed, path=risk_path,
+        path_prob=path_prob, **kw,
+    )  # fmt: skip
     rec = {
         "method": "learn-then-test",
         "target": {**target, "confidence": confidence},
@@ -88,7 +98,8 @@ def fit(
             "tested": res.tested,
             "n_path": res.n_path,
             "n_test": res.n_test,
-            "path_fraction": path_fraction,
+            "path_fraction": None if path_prob is not None else path_fraction,
+            "path_samples": "path trace" if path_prob is not None else "calibration split",
             "path": risk_path,
             "seed": seed,
             "test": "exact binomial test on discordant samples + Clopper-Pearson bound on discordance",
@@ -111,6 +122,7 @@ def calibrate(
     folds: int = 5,
     repeats: int = 1,
     risk_path: str = "frontier",
+    path_trace: Trace | None = None,
 ) -> ExitPolicy:
     """Return a copy of ``policy`` with calibrated thresholds and a ``calibration`` record.
 
@@ -122,7 +134,9 @@ def calibrate(
     expected held-out drop is ``max_drop_pp``, estimated by ``folds``-fold cross-fitting repeated
     ``repeats`` times, :mod:`.crossfit`) or ``"in-sample"`` (the drop on ``trace`` itself is
     ``max_drop_pp``; reads optimistic on new data). ``seed`` seeds the folds and the risk split;
-    ``risk_path`` is risk control's candidate sequence (:func:`.risk.learn_then_test`).
+    ``risk_path`` is risk control's candidate sequence (:func:`.risk.learn_then_test`);
+    ``path_trace`` (risk control only) orders it on another trace of the same model whose samples are
+    not in ``trace`` (its training split), so that all of ``trace`` tests the candidates.
     """
     if (max_drop_pp is None) == (flops_budget is None):
         raise ValueError("give exactly one target: --max-accuracy-drop EPS or --flops-budget B")
@@ -140,6 +154,13 @@ def calibrate(
         raise ValueError(
             "--method (cross-fit | in-sample) applies to --max-accuracy-drop without --confidence; "
             "drop it for --flops-budget or risk control"
+        )
+    if path_trace is not None and confidence is None:
+        raise ValueError("--path-trace orders risk control's candidates; it goes with --confidence")
+    if path_trace is not None and _same_samples(path_trace, trace):
+        raise ValueError(
+            "--path-trace holds the calibration samples themselves (same checkpoint and split); the path "
+            "must come from other samples: trace the training split (distree trace --split train)"
         )
     method = method or "cross-fit"
     t0 = time.perf_counter()
@@ -164,7 +185,12 @@ def calibrate(
             folds=folds,
             repeats=repeats,
             risk_path=risk_path,
+            path_prob=None if path_trace is None else problem_for(policy, path_trace),
         )
+        if path_trace is not None:
+            rec["risk"]["path_trace"] = {
+                k: path_trace.meta.get(k) for k in ("checkpoint", "split") if k in path_trace.meta
+            }
         record.update(rec)
         out = policy.with_thresholds(th)
         ex = exit_nodes(prob.scores, th)

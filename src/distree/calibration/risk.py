@@ -196,6 +196,7 @@ def learn_then_test(
     num_candidates: int = 50,
     path_span: float | None = None,
     path: str = "frontier",
+    path_prob: Problem | None = None,
     **kw: Any,
 ) -> RiskResult:
     """Thresholds with P(population drop <= max_drop) >= 1 - delta over the draw of ``prob``.
@@ -203,6 +204,12 @@ def learn_then_test(
     ``path``: ``"frontier"`` (default) or ``"interpolate"`` (the earlier candidate sequence, kept for
     comparison); ``path_span`` (default 3 and 2 respectively) is how far, in multiples of
     ``max_drop`` on the first part, the candidates reach.
+
+    ``path_prob``: order the candidates on these samples instead of a ``path_fraction`` of ``prob``,
+    and test on all of ``prob``. They must be independent of ``prob`` (the training split of the
+    same model is: its samples are not in the calibration set, and the sequence depends on nothing
+    the test sees), which keeps fixed-sequence testing valid while the test gets every calibration
+    sample.
     """
     if path not in PATHS:
         raise ValueError(f"risk-control path must be one of {', '.join(PATHS)}, got {path!r}")
@@ -210,15 +217,23 @@ def learn_then_test(
         path_span = 3.0 if path == "frontier" else 2.0
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1) (confidence 1 - delta), got {delta}")
-    if not 0.0 < path_fraction < 1.0:
-        raise ValueError(f"path_fraction must be in (0, 1), got {path_fraction}")
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(prob.n)
-    n_path = int(round(path_fraction * prob.n))
-    if n_path < 1 or prob.n - n_path < 1:
-        raise ValueError(f"risk control needs more calibration samples than {prob.n}")
-    path_p = prob.subset(perm[:n_path])
-    test_p = prob.subset(perm[n_path:])
+    if path_prob is not None:
+        if path_prob.num_nodes != prob.num_nodes or not np.allclose(path_prob.cost, prob.cost):
+            raise ValueError(
+                "the path trace has other exits or exit costs than the calibration trace: "
+                "trace the same checkpoint (distree trace --split train)"
+            )
+        path_p, test_p, n_path = path_prob, prob, path_prob.n
+    else:
+        if not 0.0 < path_fraction < 1.0:
+            raise ValueError(f"path_fraction must be in (0, 1), got {path_fraction}")
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(prob.n)
+        n_path = int(round(path_fraction * prob.n))
+        if n_path < 1 or prob.n - n_path < 1:
+            raise ValueError(f"risk control needs more calibration samples than {prob.n}")
+        path_p = prob.subset(perm[:n_path])
+        test_p = prob.subset(perm[n_path:])
     if path == "interpolate":
         sequence = _interpolated_sequence(path_p, max_drop, path_span, num_candidates, **kw)
     else:

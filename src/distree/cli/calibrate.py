@@ -53,6 +53,11 @@ def calibrate_cmd(
     risk_path: str = typer.Option(
         "frontier", help="Risk control: candidate sequence, frontier (default) or interpolate (the earlier one)."
     ),
+    path_trace: Path | None = typer.Option(
+        None,
+        help="Risk control: order the candidates on this trace of the same model (its training split: "
+        "`distree trace --split train`) instead of a --path-fraction of --trace, which then tests on all of it.",
+    ),
     seed: int = typer.Option(0, help="Seed of the cross-fit folds, the risk-control split and --check-splits."),
     check_splits: int = typer.Option(
         0,
@@ -68,6 +73,7 @@ def calibrate_cmd(
     from ..trace import TraceError, load_trace
 
     tr = guarded(lambda: load_trace(trace), TraceError)
+    path_tr = guarded(lambda: load_trace(path_trace), TraceError) if path_trace is not None else None
     if tr.meta.get("split") == "test":
         warn("calibrating on a test trace; calibrate on validation data, test on test")
     params = parse_params(param)
@@ -92,6 +98,7 @@ def calibrate_cmd(
             folds=folds,
             repeats=repeats,
             risk_path=risk_path,
+            path_trace=path_tr,
         )
     )
     cal.save(out)
@@ -116,14 +123,15 @@ def calibrate_cmd(
     if risk:
         console.print(
             f"risk control: drop <= {risk['drop_upper_bound_pp']:.2f} pp with probability >= {confidence} "
-            f"({risk['certified'] - 1} of {risk['tested']} early-exit candidates certified on {risk['n_test']} samples)"
+            f"({risk['certified'] - 1} of {risk['tested']} early-exit candidates certified on {risk['n_test']} "
+            f"samples, ordered on {risk['n_path']} of {'the path trace' if path_tr is not None else 'this trace'})"
         )
     console.print(f"calibrated in {cal.calibration['seconds']:.2f}s; policy file: {out}")
     if check_splits:
-        _check_splits(cal, pol, tr, check_splits, check_fraction, seed)
+        _check_splits(cal, pol, tr, check_splits, check_fraction, seed, path_tr)
 
 
-def _check_splits(cal: Any, pol: Any, tr: Any, n: int, fraction: float, seed: int) -> None:
+def _check_splits(cal: Any, pol: Any, tr: Any, n: int, fraction: float, seed: int, path_tr: Any = None) -> None:
     from rich.table import Table
 
     from ..calibration import check_splits, problem_for
@@ -136,8 +144,10 @@ def _check_splits(cal: Any, pol: Any, tr: Any, n: int, fraction: float, seed: in
     kw: dict[str, Any] = {"max_drop_pp": tgt.get("max_accuracy_drop_pp"), "flops_budget": tgt.get("flops_budget")}
     if "confidence" in tgt:
         kw["confidence"] = tgt["confidence"]
-        kw["path_fraction"] = rec["risk"]["path_fraction"]
+        kw["path_fraction"] = rec["risk"]["path_fraction"] or 0.3
         kw["risk_path"] = rec["risk"].get("path", "frontier")
+        if path_tr is not None:
+            kw["path_prob"] = problem_for(pol, path_tr)
     elif rec["method"] in ("cross-fit", "in-sample"):
         kw["method"] = rec["method"]
         if "cross_fit" in rec:
