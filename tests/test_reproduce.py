@@ -55,7 +55,8 @@ def test_reproduce_quick_runs_every_step_and_resumes(tiny_checkpoint, tmp_path):
     # the model card's check: per-exit accuracy printed by the trace step is the trace file's
     test = load_trace(out / "trace" / "test.trace.safetensors")
     log = (out / "trace" / "log.txt").read_text()
-    printed = log.split("accuracy % per exit:")[-1].split()[: test.num_nodes]
+    test_log = log.split("--split test")[1].split("$ ")[0]  # the test split's command and its output
+    printed = test_log.split("accuracy % per exit:")[-1].split()[: test.num_nodes]
     assert [float(p) for p in printed] == pytest.approx(list(100 * test.correct.mean(0)), abs=0.006)
     assert (out / "evaluate" / "report.md").is_file() and (out / "evaluate" / "pareto.png").is_file()
     sig = json.loads((out / "signals" / "exit_signals.json").read_text())
