@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 4
 #: seconds between resolutions of the DNS names among a tier's addresses (pods come and go)
 RESOLVE_S = 30.0
+#: a replica never reached yet (its channel's first connection failed: it was still starting) is waited
+#: for this long, within the forward's time, before the rows are answered without it
+FIRST_CONTACT_WAIT_S = 2.0
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
@@ -222,6 +225,8 @@ class StreamTransport:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or loop.time() >= end:
                     raise
                 last = rep  # its stream broke under the forward: send it to another replica
+                if rep.serving is None and await rep.probe(min(FIRST_CONTACT_WAIT_S, end - loop.time())):
+                    last = None  # never reached before (it was still starting), and now it serves: try it again
                 continue
             finally:
                 timer.cancel()
