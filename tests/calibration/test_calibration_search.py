@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distree.calibration import (
+    PathSolver,
     binom_lower,
     binom_upper,
     calibrate,
@@ -16,6 +17,7 @@ from distree.calibration import (
     learn_then_test,
     problem_for,
     reject_drop_above,
+    trace_path,
 )
 from distree.evaluation import evaluate_policy, synthetic_trace
 from distree.policies import create_policy, exit_nodes
@@ -193,15 +195,43 @@ def test_risk_control_orders_its_candidates_on_a_path_trace_and_tests_on_all_sam
     risk = pol.calibration["risk"]
     assert (risk["n_test"], risk["n_path"]) == (val.num_samples, other.num_samples)
     assert risk["path_samples"] == "path trace" and risk["path_fraction"] is None
-    assert risk["path_trace"] == {"checkpoint": "ck", "split": "train"}
+    assert pol.calibration["path_trace"] == {"checkpoint": "ck", "split": "train", "num_samples": other.num_samples}
     assert risk["drop_upper_bound_pp"] <= 1.0 + 1e-9
     with pytest.raises(ValueError, match="holds the calibration samples"):
         calibrate(create_policy("distree", 4), val, max_drop_pp=1.0, confidence=0.9, path_trace=val)
-    with pytest.raises(ValueError, match="goes with --confidence"):
-        calibrate(create_policy("distree", 4), val, max_drop_pp=1.0, path_trace=other)
+    with pytest.raises(ValueError, match="not --flops-budget"):
+        calibrate(create_policy("distree", 4), val, flops_budget=0.6, path_trace=other)
     three = synthetic_trace(500, 3, seed=1)
     with pytest.raises(ValueError, match="same model|other exits or exit costs"):
         calibrate(create_policy("distree", 4), val, max_drop_pp=1.0, confidence=0.9, path_trace=three)
+
+
+def test_cross_fit_along_a_path_trace_chooses_only_its_thresholds(val_test):
+    val, other = val_test
+    val.meta.update(checkpoint="ck", split="val")
+    other.meta.update(checkpoint="ck", split="train")
+    pol = create_policy("distree-conf", 4)
+    cands = trace_path(problem_for(pol, other), 0.01)
+    assert np.isinf(cands[0][:-1]).all()  # "never exit early" first
+    costs = [problem_for(pol, other).evaluate(th)[0] for th in cands]
+    assert np.all(np.diff(costs) <= 1e-12) and len(cands) > 10  # most accurate to cheapest
+    for method in ("cross-fit", "in-sample"):
+        cal = calibrate(pol, val, max_drop_pp=1.0, method=method, path_trace=other)
+        assert any(np.array_equal(cal.thresholds, th) for th in cands), method
+        assert cal.calibration["search"] == "path trace"
+    cf = calibrate(pol, val, max_drop_pp=1.0, path_trace=other).calibration
+    assert (
+        cf["method"] == "cross-fit"
+        and cf["cross_fit"]["path_candidates"] == len(cands)
+        and cf["cross_fit"]["internal_target_pp"] <= 1.0 + 1e-9
+    )
+    # the fit is one step along the line: the drop on the calibration trace never exceeds the internal target
+    ps = PathSolver(problem_for(pol, val), cands)
+    th = ps.solve(0.004)
+    assert problem_for(pol, val).evaluate(th)[1] <= 0.004 + 1e-12
+    assert np.array_equal(ps.solve(-1.0), cands[0])  # nothing meets the target: never exit early
+    with pytest.raises(ValueError, match="exits"):
+        PathSolver(problem_for(pol, val), cands[:, :2])
 
 
 @pytest.mark.parametrize("name", ["distree-conf", "confidence", "random", "last-exit", "oracle"])

@@ -46,7 +46,11 @@ def test_calibrate_then_evaluate(tmp_path):
     pt = tmp_path / "path-trace.json"
     r = _calibrate(vp, pt, "--max-accuracy-drop", "1.0", "--confidence", "0.9", "--path-trace", str(op))
     assert "certified on 1500 samples, ordered on 1500 of the path trace" in r.output
-    assert load_policy(pt).calibration["risk"]["path_trace"]["split"] == "train"
+    assert load_policy(pt).calibration["path_trace"]["split"] == "train"
+    r = _calibrate(vp, pt, "--max-accuracy-drop", "1.0", "--path-trace", str(op))
+    assert "along" in r.output and "thresholds of the path trace" in r.output
+    cal = load_policy(pt).calibration
+    assert cal["search"] == "path trace" and cal["path_trace"] == {"split": "train", "num_samples": 1500}
     rp = tmp_path / "repeats.json"
     r = _calibrate(vp, rp, "--policy", "confidence", "--max-accuracy-drop", "1.0", "--folds", "3", "--repeats", "2")
     assert "cross-fit (3 folds x 2 repeats)" in r.output

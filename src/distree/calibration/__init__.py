@@ -9,7 +9,7 @@ cross-fitting to an expected held-out drop (:mod:`.crossfit`), Learn-then-Test r
 """
 
 from .api import METHODS, calibrate, fit, problem_for, validation_figures
-from .crossfit import CrossFit, CrossFitResult, TargetSolver, cross_fit
+from .crossfit import CrossFit, CrossFitResult, PathSolver, TargetSolver, cross_fit, trace_path
 from .risk import RiskResult, binom_lower, binom_upper, drop_upper_bound, learn_then_test, reject_drop_above
 from .scoring import check_compatible, policy_costs, score_trace
 from .search import (
@@ -28,6 +28,7 @@ __all__ = [
     "METHODS",
     "CrossFit",
     "CrossFitResult",
+    "PathSolver",
     "Problem",
     "RiskResult",
     "Solution",
@@ -52,5 +53,6 @@ __all__ = [
     "problem_for",
     "reject_drop_above",
     "score_trace",
+    "trace_path",
     "validation_figures",
 ]

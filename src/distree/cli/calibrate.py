@@ -55,8 +55,10 @@ def calibrate_cmd(
     ),
     path_trace: Path | None = typer.Option(
         None,
-        help="Risk control: order the candidates on this trace of the same model (its training split: "
-        "`distree trace --split train`) instead of a --path-fraction of --trace, which then tests on all of it.",
+        help="A trace of the same model on other samples (its training split: `distree trace --split train`). "
+        "Cross-fit / in-sample: choose only along the line of thresholds cheapest on it (more saving at the same "
+        "held-out drop). Risk control: order the candidates on it instead of a --path-fraction of --trace, which "
+        "then tests on all of it.",
     ),
     seed: int = typer.Option(0, help="Seed of the cross-fit folds, the risk-control split and --check-splits."),
     check_splits: int = typer.Option(
@@ -113,6 +115,8 @@ def calibrate_cmd(
     if cf:
         it = cf["internal_target_pp"]
         reps = f" x {cf['repeats']} repeats" if cf.get("repeats", 1) > 1 else ""
+        if "path_candidates" in cf:
+            reps += f", along {cf['path_candidates']} thresholds of the path trace"
         console.print(
             f"cross-fit ({cf['folds']} folds{reps}): expected held-out drop {cf['expected_drop_pp']:+.2f} pp "
             f"(measured {cf['held_out_drop_pp']:+.2f}, sd {cf['held_out_drop_pp_sd']:.2f} over folds of "
@@ -146,13 +150,13 @@ def _check_splits(cal: Any, pol: Any, tr: Any, n: int, fraction: float, seed: in
         kw["confidence"] = tgt["confidence"]
         kw["path_fraction"] = rec["risk"]["path_fraction"] or 0.3
         kw["risk_path"] = rec["risk"].get("path", "frontier")
-        if path_tr is not None:
-            kw["path_prob"] = problem_for(pol, path_tr)
     elif rec["method"] in ("cross-fit", "in-sample"):
         kw["method"] = rec["method"]
         if "cross_fit" in rec:
             kw["folds"] = rec["cross_fit"]["folds"]
             kw["repeats"] = rec["cross_fit"]["repeats"]
+    if path_tr is not None and "max_accuracy_drop_pp" in tgt:
+        kw["path_prob"] = problem_for(pol, path_tr)
     res = guarded(lambda: check_splits(problem_for(pol, tr), n, fraction=fraction, seed=seed, **kw))
     s = res.summary()
     what = (
