@@ -10,7 +10,8 @@ interrupted run resumes where it stopped; ``--force STEP`` reruns one):
 3. ``evaluate``: every policy calibrated on validation and scored on test (the paper comparison), the
    Pareto sweeps, ``report.md`` + ``pareto.png``;
 4. ``splits``: the calibration promise over random re-splits of validation + test
-   (``experiments/calibration_splits.py``);
+   (``experiments/calibration_splits.py``; with the training trace, also the calibration along its
+   thresholds, ``--path-trace``);
 5. ``signals``: AUC of every exit signal per node and the policies' held-out savings
    (``experiments/exit_signals.py``);
 6. ``qos-sim``: deadline sweep in the simulator on a chain with Markov device speeds and real 3G/HSDPA
@@ -137,7 +138,7 @@ def main() -> None:
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     lim = ["--limit", "1000"] if q else []
     val, test = out / "trace" / "val.trace.safetensors", out / "trace" / "test.trace.safetensors"
-    train = out / "trace" / "train.trace.safetensors"  # orders risk control's candidates (risk-path-trace)
+    train = out / "trace" / "train.trace.safetensors"  # the line of thresholds the fits choose along
     pol = out / "calibrate"
     drop = str(args.drop)
 
@@ -145,6 +146,9 @@ def main() -> None:
         for split, f in (("val", val), ("test", test), ("train", train)):
             run(distree("trace", "--checkpoint", str(args.checkpoint), "--split", split, "--out", str(f), *data, *lim),
                 log)  # fmt: skip
+
+    def along_train() -> list[str]:  # the *-path-trace modes of the splits step (docs/results.md)
+        return ["--path-trace", str(train)] if train.exists() else []
 
     def calibrate(log: Path) -> None:
         for name in ("distree-conf", "confidence"):
@@ -160,7 +164,7 @@ def main() -> None:
             print("  experiments/calibration_splits.py is not there: step left out")
             return
         run(script("calibration_splits.py", "--traces", str(val), str(test), "--out", str(out / "splits"),
-                   "--splits", "10" if q else "50", *(["--path-trace", str(train)] if train.exists() else [])),
+                   "--splits", "10" if q else "50", *along_train()),
             log)  # fmt: skip
 
     def signals(log: Path) -> None:

@@ -24,6 +24,11 @@ def evaluate_cmd(
         None, help="Validation trace: calibrates named policies without a file, and fits the Pareto sweeps."
     ),
     max_accuracy_drop: float = typer.Option(0.5, help="Target (pp) when calibrating named policies on --val-trace."),
+    path_trace: Path | None = typer.Option(
+        None,
+        help="Calibrate named policies along the thresholds of this trace of the same model on other samples "
+        "(its training split), as `distree calibrate --path-trace` does.",
+    ),
     sweep: bool = typer.Option(True, help="Pareto sweeps and operating points of every tunable policy."),
     splits: int = typer.Option(
         3, help="Operating points: random re-splits of validation + test samples behind the spread (0: none)."
@@ -39,6 +44,7 @@ def evaluate_cmd(
 
     test = guarded(lambda: load_trace(trace), TraceError)
     val = guarded(lambda: load_trace(val_trace), TraceError) if val_trace is not None else None
+    path_tr = guarded(lambda: load_trace(path_trace), TraceError) if path_trace is not None else None
     if test.meta.get("split") == "val" and val is not None:
         warn("--trace is a validation trace; evaluate on the test split")
     entries = []
@@ -74,7 +80,7 @@ def evaluate_cmd(
                     f"policy {n!r} has no policy file and needs calibrating: pass --val-trace VAL "
                     f"(or --policy-files from `distree calibrate`, or --policies with only untuned ones)"
                 )
-            pol = guarded(partial(calibrate, pol, val, max_drop_pp=max_accuracy_drop))
+            pol = guarded(partial(calibrate, pol, val, max_drop_pp=max_accuracy_drop, path_trace=path_tr))
         entries.append((n, pol))
     if splits < 0:
         fail(f"--splits must be >= 0, got {splits}")
