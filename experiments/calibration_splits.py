@@ -58,10 +58,10 @@ def plot(rows: list[dict[str, Any]], target: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
-    labels = [f"{r['policy']}\n{r['mode']}" for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(12.0, 0.7 * len(rows)), 6.0), dpi=110)
+    labels = [f"{r['policy']} / {r['mode']}" for r in rows]
     ax1.boxplot([r["drops_pp"] for r in rows], showmeans=True)
-    ax1.set_xticks(range(1, len(rows) + 1), labels, rotation=60, fontsize=7)
+    ax1.set_xticks(range(1, len(rows) + 1), labels, rotation=90, fontsize=7)
     ax1.axhline(target, color="red", lw=1, ls="--", label=f"target {target:g} pp")
     ax1.set_ylabel("held-out accuracy drop (pp)")
     ax1.legend(fontsize=8)
@@ -70,7 +70,7 @@ def plot(rows: list[dict[str, Any]], target: float, path: Path) -> None:
     ax2.plot(
         x, [100 * r["hindsight_mean"] for r in rows], "k_", ms=18, mew=2, label=f"in-hindsight bound at {target:g} pp"
     )
-    ax2.set_xticks(x, labels, rotation=60, fontsize=7)
+    ax2.set_xticks(x, labels, rotation=90, fontsize=7)
     ax2.set_ylabel("held-out FLOPs saving vs last exit (%)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
