@@ -27,7 +27,7 @@ the threshold vectors a fit may choose are fixed in advance: the cheapest thresh
 samples for a range of drops, one line through threshold space. A fit then only picks how far
 along that line to go (:class:`PathSolver`), so the calibration samples set one number instead of
 one threshold per node: less of their noise goes into the thresholds, and on the CIFAR-10 WRN-16-1
-the saving at the same held-out drop rose by about 1.7 points (docs/results.md).
+the saving at about the same held-out drop rose by 1.5 points (docs/results.md).
 """
 
 from __future__ import annotations
