@@ -70,6 +70,9 @@ async def serve_node(
         maximum_concurrent_rpcs=limits.concurrent_rpcs,
     )
     health = health_aio.HealthServicer()
+    # the health service reports the whole server ("") SERVING from its start; this node is not ready
+    # until its successor serves and HTTP listens, so it says NOT_SERVING until then
+    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     ChainNodeServicer(core).register(server)
     services = ["", "distree.node.v1.ChainNode"]
