@@ -126,7 +126,8 @@ def calibrate_cmd(
         if path_tr is None:
             console.print(
                 "  (with a trace of the model's training split, --path-trace TRAIN_TRACE fits along its thresholds: "
-                "more saving at the same held-out drop; `distree trace --split train`)"
+                "on some models more saving at the same held-out drop, on others a higher drop; compare both with "
+                "experiments/calibration_splits.py; `distree trace --split train`)"
             )
     risk = cal.calibration.get("risk")
     if risk:
