@@ -172,3 +172,10 @@ def test_hop_timeout_keys(rt, tmp_path):
         ).hop_timeout_factor
         == 0.0
     )
+
+
+def test_free_ports_of_separate_calls_never_repeat():
+    from distree.runtime.cluster import free_ports
+
+    drawn = [p for _ in range(50) for p in free_ports(4)]
+    assert len(set(drawn)) == len(drawn) == 200

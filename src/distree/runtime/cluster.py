@@ -243,18 +243,30 @@ class LocalCluster:
         self.stop()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports that were free a moment ago on ``host``."""
+    """``n`` distinct TCP ports that were free a moment ago on ``host`` and that no earlier call in this
+    process returned (ports drawn for one cluster's nodes, its metrics and its HTTP endpoint in separate
+    calls never collide, though none is bound until its server starts)."""
     import socket
 
     socks, ports = [], []
     try:
-        for _ in range(n):
+        for _ in range(64 * n):
+            if len(ports) == n:
+                break
             s = socket.socket()
             s.bind((host, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
+            socks.append(s)  # held open until the end: the kernel cannot hand it out twice here
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                ports.append(port)
     finally:
         for s in socks:
             s.close()
+    if len(ports) < n:
+        raise OSError(f"found only {len(ports)} of {n} free TCP ports on {host}")
+    _HANDED_OUT.update(ports)
     return ports
