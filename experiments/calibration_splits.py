@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=50)
     ap.add_argument("--fraction", type=float, default=0.5, help="share of the pooled samples calibrated on")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", type=int, default=5, help="cross-fit modes: number of folds")
+    ap.add_argument("--repeats", type=int, default=1, help="cross-fit modes: repeats of the folds")
     ap.add_argument(
         "--path-trace",
         type=Path,
@@ -129,6 +131,8 @@ def main() -> None:
             kw: dict[str, Any] = {"max_drop_pp": a.target, **MODES[mode]}
             if mode.startswith("risk"):
                 kw["confidence"] = a.confidence
+            if mode.startswith("cross-fit"):
+                kw.update(folds=a.folds, repeats=a.repeats)
             if mode.endswith("path-trace"):
                 assert path_trace is not None
                 kw["path_prob"] = pooled_problem(name, [path_trace])
@@ -175,6 +179,8 @@ def main() -> None:
         "target_pp": a.target,
         "confidence": a.confidence,
         "seed": a.seed,
+        "folds": a.folds,
+        "repeats": a.repeats,
     }
     (a.out / "calibration_splits.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (a.out / "calibration_splits.md").write_text("\n".join(lines) + "\n")
