@@ -252,7 +252,8 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     calls never collide, though none is bound until its server starts)."""
     import socket
 
-    socks, ports = [], []
+    socks: list[socket.socket] = []
+    ports: list[int] = []
     try:
         for _ in range(64 * n):
             if len(ports) == n:
