@@ -356,6 +356,10 @@ def measure_netem(tmp: Path, n: int, rate_mbit: float, delay_ms: float) -> dict 
 
 def _netem_client(addr: str, n: int) -> None:
     """Run inside the chain's client namespace: print the median latency of ``n`` serial requests (JSON)."""
+    from distree.runtime.client import wait_healthy
+
+    if not wait_healthy(addr, timeout_s=120):  # listening is not ready: node 1 serves once its successors do
+        raise SystemExit(f"node 1 at {addr} did not report SERVING within 120 s")
     x = np.zeros((1, 3, 32, 32), np.float32)
     with ClusterClient(addr) as client:
         for _ in range(5):

@@ -27,7 +27,9 @@ CLIENT = textwrap.dedent(
     import json, sys
     import numpy as np
     from distree.runtime import ClusterClient
+    from distree.runtime.client import wait_healthy
     addr, deadline = sys.argv[1], float(sys.argv[2])
+    assert wait_healthy(addr, timeout_s=60), "node 1 did not report SERVING"  # ready: its successors serve
     x = np.random.default_rng(0).integers(0, 256, size=(1, 1, 8, 8), dtype=np.uint8)
     out = []
     with ClusterClient(addr) as c:

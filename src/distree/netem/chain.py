@@ -129,7 +129,9 @@ class Namespace:
     def wait_tcp(self, host: str, port: int, timeout_s: float = 60.0) -> float:
         """Wait until a TCP connection from this namespace to ``host:port`` succeeds; returns the seconds waited.
 
-        For readiness of servers started with :meth:`run` (e.g. ``chain.client.wait_tcp(chain.addr(1), 7001)``).
+        For servers started with :meth:`run` (e.g. ``chain.client.wait_tcp(chain.addr(1), 7001)``). A
+        ``distree serve`` node listens before it is ready (it reports SERVING once its successor serves):
+        a client in the namespace waits for that with ``distree.runtime.client.wait_healthy``.
         """
         t0 = time.monotonic()
         last: OSError | None = None
