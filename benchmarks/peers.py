@@ -51,6 +51,7 @@ orchestrator disappears (stdin closed) stops its peer by itself.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import importlib.util
@@ -196,7 +197,7 @@ def rpc_worker_main(k: int, port: int, checkpoints: list[str], tcp_only: bool, p
 
 
 # ---------------------------------------------------------------------------- drivers (one process per peer)
-class Driver:
+class Driver(abc.ABC):
     """A peer's chains (one per model) and its client.
 
     ``infer(m, x)`` sends one request to model ``m``'s chain and returns (probs (B, K), exit node (B,)).
@@ -205,17 +206,21 @@ class Driver:
     stage_pids: list[list[int]]
     infra_pids: list[int]
 
+    @abc.abstractmethod
     def start(self) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def infer(self, m: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def many(self, m: int, xs: list[np.ndarray], concurrency: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        ...
 
 
 class DistreeDriver(Driver):
